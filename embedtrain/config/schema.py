@@ -1,0 +1,100 @@
+"""Typed recipe schema.
+
+Every recipe section is a dataclass; the loader (loader.py) checks keys and types against these
+fields, so a field added here is automatically accepted, validated and documented by `--help-config`.
+Objective-specific options live in the objective's own dataclass (see objectives/registry.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"
+    seed: int = 42
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only the final checkpoint
+    keep_checkpoints: int = 2  # older step checkpoints are deleted; 0 keeps all
+    progress_bar: bool = True
+    save_merged: bool = False  # with LoRA: also write base + adapter merged into final_merged/
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None  # None: the family's default (families.py)
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""
+    family: str = "auto"  # a key of families.FAMILIES, or auto (detected from the tokenizer)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    attention: Literal["causal", "bidirectional"] = "causal"
+    attn_backend: Literal["auto", "flash_attn", "torch_varlen", "sdpa"] = "auto"
+    pooling: Literal["last", "mean"] = "last"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    # Starting weights other than `path` (e.g. a previous run's final/ folder); tokenizer stays from path.
+    init_from: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    max_length: int = 512  # tokens per text, template and EOS included
+    max_tokens_per_batch: int = 8192  # token budget of one packed stream
+    pad_to_multiple_of: int = 1  # pad each packed stream (GPU kernels like multiples of 64)
+    instructions: dict[str, str] = field(default_factory=dict)  # task -> query instruction
+    default_instruction: Optional[str] = None
+    instruction_format: str = "Instruct: {instruction}\nQuery: "
+    skip_bad_lines: bool = False
+    same_task_batches: bool = True
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "infonce"
+    batch_size: int = 32  # examples (queries) per global micro-batch, all ranks together
+    grad_accum: int = 1
+    steps: int = 100  # optimizer steps
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0
+    offload: bool = False  # ZeRO-3 optimizer + parameter offload to CPU
+    config: Optional[str] = None  # explicit ds_configs file; default picked from zero_stage/offload
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+
+@dataclass
+class EvalConfig:
+    # Held-out retrieval pairs (same JSONL format) scored before and after training; empty: skip.
+    retrieval: Optional[str] = None
+    max_examples: int = 500
+    batch_tokens: int = 8192
+
+
+@dataclass
+class RecipeConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    objective: dict[str, Any] = field(default_factory=dict)  # validated by the objective's own schema
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,83 @@
+"""Cross-field checks that run before any model or data is loaded."""
+from __future__ import annotations
+
+import difflib
+
+from embedtrain.config.schema import RecipeConfig
+
+
+def _fail(origin: dict, key: str, message: str):
+    from embedtrain.config.loader import RecipeError
+
+    raise RecipeError(f"{origin.get(key, 'recipe')}: {key}: {message}")
+
+
+def objective_options(cfg: RecipeConfig, origin: dict):
+    """Typed options of the chosen objective, built from the recipe's `objective:` section."""
+    from embedtrain.config.loader import build_dataclass
+    from embedtrain.objectives.registry import get_objective, objective_names
+
+    name = cfg.train.objective
+    try:
+        _, options_cls = get_objective(name)
+    except KeyError:
+        names = objective_names()
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        _fail(origin, "train.objective", f"unknown objective {name!r}; {hint}registered: {', '.join(names)}")
+    return build_dataclass(options_cls, cfg.objective, origin, "objective.")
+
+
+def validate_recipe(cfg: RecipeConfig, origin: dict) -> None:
+    from embedtrain.families import FAMILIES
+
+    if not cfg.model.path:
+        _fail(origin, "model.path", "is required (a local Hugging Face model folder)")
+    if cfg.model.family != "auto" and cfg.model.family not in FAMILIES:
+        close = difflib.get_close_matches(cfg.model.family, list(FAMILIES), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        _fail(origin, "model.family", f"unknown family {cfg.model.family!r}; {hint}known: auto, {', '.join(FAMILIES)}")
+    if not cfg.data.train:
+        _fail(origin, "data.train", "is required: a list of JSONL files")
+    if cfg.data.max_length < 4:
+        _fail(origin, "data.max_length", f"must be >= 4, got {cfg.data.max_length}")
+    if cfg.data.max_length > cfg.data.max_tokens_per_batch:
+        _fail(origin, "data.max_tokens_per_batch",
+              f"({cfg.data.max_tokens_per_batch}) must be >= data.max_length ({cfg.data.max_length}): "
+              "one text must fit in one packed stream")
+    if "{instruction}" not in cfg.data.instruction_format:
+        _fail(origin, "data.instruction_format", "must contain {instruction}")
+    t = cfg.train
+    for key, value, low in (("train.batch_size", t.batch_size, 1), ("train.grad_accum", t.grad_accum, 1),
+                            ("train.steps", t.steps, 1), ("run.log_every", cfg.run.log_every, 1)):
+        if value < low:
+            _fail(origin, key, f"must be >= {low}, got {value}")
+    if t.lr <= 0:
+        _fail(origin, "train.lr", f"must be > 0, got {t.lr}")
+    if t.warmup_steps > t.steps:
+        _fail(origin, "train.warmup_steps", f"({t.warmup_steps}) exceeds train.steps ({t.steps})")
+    if len(t.betas) != 2:
+        _fail(origin, "train.betas", f"needs two values, got {t.betas}")
+    ds = cfg.deepspeed
+    if ds.zero_stage not in (0, 1, 2, 3):
+        _fail(origin, "deepspeed.zero_stage", f"must be 0, 1, 2 or 3, got {ds.zero_stage}")
+    if ds.offload and ds.zero_stage != 3:
+        _fail(origin, "deepspeed.offload", f"CPU offload is set up for ZeRO-3 only; zero_stage is {ds.zero_stage}")
+    if ds.config is not None and (ds.offload or "deepspeed.zero_stage" in origin):
+        _fail(origin, "deepspeed.config",
+              "an explicit DeepSpeed config file already states the ZeRO stage and offload; "
+              "remove deepspeed.zero_stage / deepspeed.offload or deepspeed.config")
+    if cfg.model.attn_backend == "flash_attn" and cfg.model.dtype == "float32":
+        _fail(origin, "model.attn_backend", "flash_attn needs model.dtype bfloat16 (its kernels have no fp32)")
+    lora = cfg.model.lora
+    if lora.enabled and (lora.r < 1 or lora.alpha < 1 or not 0 <= lora.dropout < 1):
+        _fail(origin, "model.lora", f"needs r >= 1, alpha >= 1, 0 <= dropout < 1; got {lora}")
+    if cfg.run.checkpoint_every < 0 or cfg.run.keep_checkpoints < 0:
+        _fail(origin, "run.checkpoint_every", "checkpoint_every and keep_checkpoints must be >= 0")
+    options = objective_options(cfg, origin)
+    check = getattr(options, "validate", None)
+    if check is not None:
+        problem = check(cfg)
+        if problem:
+            key, message = problem
+            _fail(origin, key, message)

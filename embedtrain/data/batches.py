@@ -1,0 +1,108 @@
+"""Deterministic, resumable order of same-task global micro-batches, and each rank's shard of them.
+
+Global micro-batch k (counting from the start of training, across epochs) is a pure function of
+(seed, k): resuming only needs k. Within an epoch every task's examples are shuffled and cut into
+global batches of `global_batch` examples; the batches of all tasks are then shuffled together.
+A task's tail that does not fill a batch is left for the next epoch's reshuffle (counted and logged).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedtrain.data.jsonl import Example, JsonlIndex
+from embedtrain.data.packing import PackedStream, TextTokenizer, pack_texts
+
+log = logging.getLogger(__name__)
+
+
+class BatchOrder:
+    def __init__(self, index: JsonlIndex, global_batch: int, seed: int, same_task: bool = True):
+        self.index, self.global_batch, self.seed, self.same_task = index, global_batch, seed, same_task
+        groups = [np.flatnonzero(index.task_id == t) for t in range(len(index.tasks))] if same_task \
+            else [np.arange(len(index))]
+        self.groups = groups
+        self.batches_per_epoch = sum(len(g) // global_batch for g in groups)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"no task has train.batch_size={global_batch} examples; sizes: "
+                             + ", ".join(f"{index.tasks[t]}={len(g)}" for t, g in enumerate(groups))
+                             if same_task else f"only {len(index)} examples for a batch of {global_batch}")
+        self.left_per_epoch = sum(len(g) % global_batch for g in groups)
+        if self.left_per_epoch:
+            log.info("%d example(s) per epoch do not fill a same-task batch of %d; they wait for another "
+                     "epoch's shuffle", self.left_per_epoch, global_batch)
+        self._epoch_cache: tuple[int, list[np.ndarray]] | None = None
+
+    def _epoch(self, epoch: int) -> list[np.ndarray]:
+        if self._epoch_cache and self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1]
+        rng = np.random.default_rng([self.seed, epoch])
+        batches = []
+        for g in self.groups:
+            perm = g[rng.permutation(len(g))]
+            usable = len(perm) - len(perm) % self.global_batch
+            batches.extend(perm[:usable].reshape(-1, self.global_batch))
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        self._epoch_cache = (epoch, batches)
+        return batches
+
+    def global_batch_ids(self, k: int) -> np.ndarray:
+        """Example ids of global micro-batch k: (global_batch,)."""
+        return self._epoch(k // self.batches_per_epoch)[k % self.batches_per_epoch]
+
+
+@dataclass
+class MicroBatch:
+    """One rank's share of a global micro-batch, packed.
+
+    Texts are numbered queries [0, Q), positives [Q, 2Q), negatives [2Q, 2Q + sum(neg_counts)), where
+    query i's negatives are contiguous and in order.
+    """
+
+    streams: list[PackedStream]
+    num_queries: int
+    neg_counts: list[int]
+    task: str
+    num_texts: int
+    truncated: int
+
+    @property
+    def real_tokens(self) -> int:
+        return sum(s.num_real_tokens for s in self.streams)
+
+    @property
+    def computed_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.streams)
+
+
+class MicroBatchBuilder:
+    """Reads, formats and packs one rank's examples of a global micro-batch."""
+
+    def __init__(self, index: JsonlIndex, text_tok: TextTokenizer, max_tokens: int, pad_to_multiple_of: int,
+                 instructions: dict[str, str], default_instruction: str | None):
+        self.index, self.text_tok = index, text_tok
+        self.max_tokens, self.multiple = max_tokens, pad_to_multiple_of
+        self.instructions, self.default_instruction = instructions, default_instruction
+
+    def instruction_for(self, ex: Example) -> str | None:
+        # A line's own instruction wins over the recipe's per-task one.
+        return ex.instruction or self.instructions.get(ex.task, self.default_instruction)
+
+    def build(self, example_ids: np.ndarray) -> MicroBatch:
+        examples = [self.index.read(int(i)) for i in example_ids]
+        return self.from_examples(examples)
+
+    def from_examples(self, examples: list[Example]) -> MicroBatch:
+        queries = self.text_tok.encode([e.query for e in examples], [self.instruction_for(e) for e in examples])
+        docs = self.text_tok.encode([e.positive for e in examples] + [n for e in examples for n in e.negatives])
+        texts = queries + docs
+        streams = pack_texts(texts, self.max_tokens, self.text_tok.pad_id, self.multiple)
+        return MicroBatch(streams, len(examples), [len(e.negatives) for e in examples],
+                          examples[0].task if examples else "", len(texts), sum(t.truncated for t in texts))
+
+
+def rank_slice(global_ids: np.ndarray, rank: int, world: int) -> np.ndarray:
+    per_rank = len(global_ids) // world
+    return global_ids[rank * per_rank:(rank + 1) * per_rank]

@@ -1,0 +1,128 @@
+"""JSON Lines reader for (query, positive, negatives) examples, METHODS.md section 4.
+
+The whole file is validated up front (a bad line fails the run before the model loads, naming
+file:line), but only byte offsets and task ids are kept in memory; each rank re-reads just the lines
+of its own shard when it needs them.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class Example:
+    query: str
+    positive: str
+    negatives: list[str]
+    task: str
+    instruction: str | None
+
+
+def parse_example(line: str, where: str, default_task: str) -> Example:
+    """Parse and check one line; raises DataError naming `where` (file:line) and the fix."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    unknown = set(obj) - {"query", "positive", "negative", "task", "instruction"}
+    if unknown:
+        raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: query, positive, negative, "
+                        "task, instruction")
+    for key in ("query", "positive"):
+        if key not in obj:
+            raise DataError(f"{where}: missing field {key!r}")
+        if not isinstance(obj[key], str):
+            raise DataError(f"{where}: field {key!r} must be a string, got {type(obj[key]).__name__}")
+        if not obj[key].strip():
+            raise DataError(f"{where}: field {key!r} is empty")
+    neg = obj.get("negative", [])
+    negatives = [neg] if isinstance(neg, str) else neg
+    if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
+        raise DataError(f"{where}: field 'negative' must be a string or a list of strings")
+    for i, n in enumerate(negatives):
+        if not n.strip():
+            raise DataError(f"{where}: negative {i} is empty")
+    for key in ("task", "instruction"):
+        if key in obj and not (isinstance(obj[key], str) and obj[key].strip()):
+            raise DataError(f"{where}: field {key!r} must be a non-empty string when present")
+    return Example(obj["query"], obj["positive"], negatives, obj.get("task", default_task), obj.get("instruction"))
+
+
+@dataclass
+class JsonlIndex:
+    """Validated examples of one or more files: where each line is, and its task."""
+
+    files: list[str]
+    file_id: np.ndarray  # (E,) int32
+    offset: np.ndarray  # (E,) int64 byte offset of the line
+    line_no: np.ndarray  # (E,) int64, 1-based, for messages
+    task_id: np.ndarray  # (E,) int32 index into tasks
+    tasks: list[str]
+    skipped: int = 0
+    skipped_reasons: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    def read(self, i: int) -> Example:
+        path = self.files[self.file_id[i]]
+        with open(path, "rb") as f:
+            f.seek(int(self.offset[i]))
+            line = f.readline().decode("utf-8")
+        return parse_example(line, f"{path}:{self.line_no[i]}", Path(path).stem)
+
+
+def build_index(paths: list[str], skip_bad_lines: bool = False) -> JsonlIndex:
+    """Scan and validate every line. Bad lines raise, or with skip_bad_lines are counted and logged."""
+    file_id, offset, line_no, task_id = [], [], [], []
+    tasks: dict[str, int] = {}
+    skipped, reasons = 0, []
+    for fi, path in enumerate(paths):
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(f"data file not found: {path} (data.train lists local JSONL files)")
+        pos = 0
+        with open(p, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                start, pos = pos, pos + len(raw)
+                if not raw.strip():
+                    continue  # blank lines (e.g. a trailing newline) carry no example
+                where = f"{path}:{n}"
+                try:
+                    ex = parse_example(raw.decode("utf-8"), where, p.stem)
+                except UnicodeDecodeError:
+                    err = DataError(f"{where}: not valid UTF-8")
+                except DataError as exc:
+                    err = exc
+                else:
+                    err = None
+                if err is not None:
+                    if not skip_bad_lines:
+                        raise DataError(f"{err} (fix the line, or set data.skip_bad_lines: true to skip "
+                                        "and count bad lines)")
+                    skipped += 1
+                    reasons.append(str(err))
+                    continue
+                file_id.append(fi)
+                offset.append(start)
+                line_no.append(n)
+                task_id.append(tasks.setdefault(ex.task, len(tasks)))
+    if skipped:
+        log.warning("skipped %d bad data line(s) (data.skip_bad_lines); first: %s", skipped, reasons[0])
+    if not offset:
+        raise DataError(f"no examples in {', '.join(paths)}")
+    return JsonlIndex(list(paths), np.array(file_id, np.int32), np.array(offset, np.int64),
+                      np.array(line_no, np.int64), np.array(task_id, np.int32), list(tasks), skipped, reasons)

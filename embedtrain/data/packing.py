@@ -1,0 +1,129 @@
+"""Turning texts into packed token streams.
+
+A text becomes: [bos] template-prefix [instruction] content template-suffix EOS. Truncation removes
+content tokens from the end only, so the EOS (where last-token pooling reads) always survives.
+Texts are then packed first-fit-decreasing into streams of at most `max_tokens` tokens with
+cumulative sequence lengths and position ids restarting at 0 for each text; nothing is padded except,
+optionally, the tail of a stream up to a multiple that GPU kernels like (as its own dummy segment).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from embedtrain.families import Family
+
+
+@dataclass
+class TokenizedText:
+    ids: list[int]
+    pool_from: int  # mean pooling averages ids[pool_from:], i.e. everything after the instruction
+    truncated: bool
+
+
+class TextTokenizer:
+    """Family-aware tokenization of queries (with instruction) and documents."""
+
+    def __init__(self, tokenizer, family: Family, max_length: int, instruction_format: str):
+        self.tok = tokenizer
+        self.family = family
+        self.max_length = max_length
+        self.instruction_format = instruction_format
+        vocab = tokenizer.get_vocab()
+        self.eos_id = vocab[family.eos_token]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        head = [vocab[family.bos_token]] if family.bos_token else []
+        self.prefix_ids = head + self._encode([family.prefix])[0]
+        self.suffix_ids = self._encode([family.suffix])[0] if family.suffix else []
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return self.tok(texts, add_special_tokens=False)["input_ids"]
+
+    def encode(self, texts: list[str], instructions: list[str | None] | None = None) -> list[TokenizedText]:
+        instructions = instructions or [None] * len(texts)
+        contents = self._encode(texts)
+        distinct = sorted({i for i in instructions if i}, key=str)
+        inst_ids = dict(zip(distinct, self._encode([self.instruction_format.format(instruction=i)
+                                                    for i in distinct])))
+        out = []
+        for content, inst in zip(contents, instructions):
+            head = self.prefix_ids + (inst_ids[inst] if inst else [])
+            fixed = len(head) + len(self.suffix_ids) + 1
+            room = self.max_length - fixed
+            if room < 1:
+                raise ValueError(f"data.max_length={self.max_length} leaves no room for content after the "
+                                 f"template and instruction ({fixed} tokens): raise max_length or shorten "
+                                 f"the instruction {inst!r}")
+            truncated = len(content) > room
+            ids = head + content[:room] + self.suffix_ids + [self.eos_id]
+            out.append(TokenizedText(ids, len(self.prefix_ids) + (len(inst_ids[inst]) if inst else 0), truncated))
+        return out
+
+
+@dataclass
+class PackedStream:
+    """One packed stream: S texts (plus maybe one padding segment) in T tokens."""
+
+    input_ids: torch.Tensor  # (T,) long
+    position_ids: torch.Tensor  # (T,) long, restarting at 0 per segment
+    cu_seqlens: torch.Tensor  # (S'+1,) int32, S' = S texts + optional padding segment
+    pool_mask: torch.Tensor  # (T,) bool, tokens mean pooling averages
+    text_ids: list[int]  # (S,) index of each text segment in the caller's text list
+    num_real_tokens: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+    @property
+    def last_index(self) -> torch.Tensor:  # (S,) position of each text's final (EOS) token
+        return (self.cu_seqlens[1:len(self.text_ids) + 1] - 1).long()
+
+    def to(self, device) -> "PackedStream":
+        return PackedStream(self.input_ids.to(device), self.position_ids.to(device), self.cu_seqlens.to(device),
+                            self.pool_mask.to(device), self.text_ids, self.num_real_tokens)
+
+
+def pack_texts(texts: list[TokenizedText], max_tokens: int, pad_id: int,
+               pad_to_multiple_of: int = 1) -> list[PackedStream]:
+    """First-fit-decreasing packing; a stream never exceeds max_tokens (padding included)."""
+    order = sorted(range(len(texts)), key=lambda i: (-len(texts[i].ids), i))
+    bins: list[list[int]] = []
+    used: list[int] = []
+    for i in order:
+        n = len(texts[i].ids)
+        if n > max_tokens:
+            raise ValueError(f"a text of {n} tokens exceeds data.max_tokens_per_batch={max_tokens}")
+        for b, total in enumerate(used):
+            if total + n <= max_tokens:
+                bins[b].append(i)
+                used[b] += n
+                break
+        else:
+            bins.append([i])
+            used.append(n)
+    return [_build_stream([texts[i] for i in b], b, pad_id, pad_to_multiple_of, max_tokens) for b in bins]
+
+
+def _build_stream(texts: list[TokenizedText], text_ids: list[int], pad_id: int, multiple: int,
+                  max_tokens: int) -> PackedStream:
+    ids, pos, pool, cu = [], [], [], [0]
+    for t in texts:
+        n = len(t.ids)
+        ids.extend(t.ids)
+        pos.extend(range(n))
+        pool.extend([False] * t.pool_from + [True] * (n - t.pool_from))
+        cu.append(cu[-1] + n)
+    real = len(ids)
+    pad = (-real) % multiple
+    if pad and real + pad <= max_tokens:  # padding is its own segment, so it attends only to itself
+        ids.extend([pad_id] * pad)
+        pos.extend(range(pad))
+        pool.extend([False] * pad)
+        cu.append(cu[-1] + pad)
+    return PackedStream(torch.tensor(ids, dtype=torch.long), torch.tensor(pos, dtype=torch.long),
+                        torch.tensor(cu, dtype=torch.int32), torch.tensor(pool, dtype=torch.bool),
+                        list(text_ids), real)

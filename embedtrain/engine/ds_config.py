@@ -1,0 +1,47 @@
+"""Build the DeepSpeed config: the ZeRO file from ds_configs/ plus the fields the recipe owns."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from embedtrain.config.schema import RecipeConfig
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+OWNED = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+         "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler", "managed_gradient_accumulation")
+
+
+def ds_config_path(cfg: RecipeConfig) -> Path:
+    if cfg.deepspeed.config:
+        return Path(cfg.deepspeed.config)
+    name = "zero3_offload.json" if cfg.deepspeed.offload else f"zero{cfg.deepspeed.zero_stage}.json"
+    return DS_CONFIG_DIR / name
+
+
+def build_ds_config(cfg: RecipeConfig, world_size: int) -> dict:
+    path = ds_config_path(cfg)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config not found: {path}")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON: {exc}") from None
+    for key in OWNED:
+        if key in ds:
+            raise ValueError(f"{path}: `{key}` is filled from the recipe (see ds_configs/README.md); "
+                             "remove it from the DeepSpeed config")
+    if cfg.train.batch_size % world_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
+                         f"{world_size}: every rank needs the same number of examples")
+    micro = cfg.train.batch_size // world_size
+    ds.update(
+        train_micro_batch_size_per_gpu=micro,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        train_batch_size=micro * cfg.train.grad_accum * world_size,
+        gradient_clipping=cfg.train.grad_clip,
+        bf16={"enabled": cfg.model.dtype == "bfloat16"},
+        managed_gradient_accumulation=False,
+        steps_per_print=10**9,  # embedtrain logs itself
+        wall_clock_breakdown=False,
+    )
+    return ds

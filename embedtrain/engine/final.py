@@ -1,0 +1,61 @@
+"""Final weights of a run as safetensors: the full model, or the LoRA adapter (+ merged on request).
+
+run_dir/final/ holds model.safetensors (or adapter_model.safetensors), config, tokenizer and
+embedtrain.json (family, pooling, attention, instruction format) so the run can be loaded for
+inference without its recipe. Folders are written beside the target and renamed into place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import torch.distributed as dist
+
+from embedtrain.config.schema import RecipeConfig
+from embedtrain.distributed import rank
+from embedtrain.engine.checkpoint import full_state_dict, replace_dir
+
+
+def embedding_meta(cfg: RecipeConfig, family: str) -> dict:
+    return {"family": family, "pooling": cfg.model.pooling, "attention": cfg.model.attention,
+            "instruction_format": cfg.data.instruction_format, "max_length": cfg.data.max_length,
+            "base_model": cfg.model.path, "lora": dataclasses.asdict(cfg.model.lora)}
+
+
+def save_final(model, cfg: RecipeConfig, tokenizer, run_dir: Path, zero_stage: int, merged: bool) -> Path:
+    state = full_state_dict(model.lm, zero_stage)
+    out = run_dir / "final"
+    if rank() == 0:
+        tmp = run_dir / f".final.tmp{os.getpid()}"
+        lm = model.lm
+        lm.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "embedtrain.json").write_text(json.dumps(embedding_meta(cfg, model.family.name), indent=1))
+        replace_dir(tmp, out)
+        if merged and cfg.model.lora.enabled:
+            save_merged(out, cfg, tokenizer, run_dir / "final_merged")
+    if dist.is_initialized():
+        dist.barrier()
+    return out
+
+
+def save_merged(adapter_dir: Path, cfg: RecipeConfig, tokenizer, target: Path) -> Path:
+    """Base weights + adapter merged into one plain checkpoint (loads without peft)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from embedtrain.model.embedder import DTYPES
+
+    base = AutoModelForCausalLM.from_pretrained(cfg.model.init_from or cfg.model.path,
+                                                dtype=DTYPES[cfg.model.dtype], use_safetensors=True)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    merged.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    meta = json.loads((adapter_dir / "embedtrain.json").read_text())
+    meta["lora"]["enabled"] = False
+    (tmp / "embedtrain.json").write_text(json.dumps(meta, indent=1))
+    replace_dir(tmp, target)
+    return target

@@ -1,0 +1,133 @@
+"""The training loop: owns DeepSpeed, data order, objectives, checkpoints and metrics."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from embedtrain import distributed as D
+from embedtrain.config.schema import RecipeConfig
+from embedtrain.config.validate import objective_options
+from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, rank_slice
+from embedtrain.data.jsonl import build_index
+from embedtrain.data.packing import TextTokenizer
+from embedtrain.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from embedtrain.engine.ds_config import build_ds_config
+from embedtrain.engine.final import save_final
+from embedtrain.engine.metrics import MetricsLogger, peak_memory_gb
+from embedtrain.engine.schedule import build_optimizer, build_scheduler
+from embedtrain.model.embedder import build_model, load_tokenizer
+from embedtrain.objectives.registry import get_objective
+
+log = logging.getLogger("embedtrain")
+
+
+def _setup_logging(rank: int) -> None:
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s", force=True)
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _run_eval(model, text_tok, builder, cfg: RecipeConfig, device, label: str) -> dict | None:
+    """Held-out retrieval (eval.retrieval): every rank runs the same forwards (ZeRO-3 needs lockstep)."""
+    if not cfg.eval.retrieval:
+        return None
+    from embedtrain.data.jsonl import build_index as index_of
+    from embedtrain.encode import encode_texts, retrieval_scores
+
+    idx = index_of([cfg.eval.retrieval])
+    examples = [idx.read(i) for i in range(min(len(idx), cfg.eval.max_examples))]
+    q = encode_texts(model, text_tok, [e.query for e in examples], [builder.instruction_for(e) for e in examples],
+                     cfg.eval.batch_tokens, device)
+    d = encode_texts(model, text_tok, [e.positive for e in examples], None, cfg.eval.batch_tokens, device)
+    scores = retrieval_scores(q, d)
+    log.info("held-out retrieval %s training (%s, %d queries): R@1 %.3f  R@10 %.3f  MRR %.3f", label,
+             cfg.eval.retrieval, len(examples), scores["recall@1"], scores["recall@10"], scores["mrr"])
+    return scores
+
+
+def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
+    device = D.init_distributed(cfg.deepspeed.backend)
+    rank, world = D.rank(), D.world_size()
+    _setup_logging(rank)
+    run_dir = Path(cfg.run.output_dir)
+    # Everything that can be wrong with the recipe or the data fails here, before the model loads.
+    options = objective_options(cfg, origin)
+    ds_config = build_ds_config(cfg, world)
+    index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
+    order = BatchOrder(index, cfg.train.batch_size, cfg.run.seed, cfg.data.same_task_batches)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        log.info("run dir %s; %d examples in %d task(s), %d global batches/epoch, world size %d",
+                 run_dir, len(index), len(index.tasks), order.batches_per_epoch, world)
+
+    torch.manual_seed(cfg.run.seed)  # identical initial weights (LoRA) on every rank
+    tokenizer = load_tokenizer(cfg.model.path)
+    model = build_model(cfg.model, tokenizer, device)
+    text_tok = TextTokenizer(tokenizer, model.family, cfg.data.max_length, cfg.data.instruction_format)
+    builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
+                                cfg.data.instructions, cfg.data.default_instruction)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config)
+    zero_stage = engine.zero_optimization_stage()
+    objective_cls, _ = get_objective(cfg.train.objective)
+    objective = objective_cls(options, device)
+    ckpt_root = run_dir / "checkpoints"
+    start = 0
+    if resume:
+        start = load_checkpoint(engine, ckpt_root, device)["step"]
+    else:
+        torch.manual_seed(cfg.run.seed + rank)  # dropout differs between ranks
+    before = _run_eval(engine.module, text_tok, builder, cfg, device, "before") if start == 0 else None
+
+    gas = cfg.train.grad_accum
+    metrics_log = MetricsLogger(run_dir, cfg.train.steps, start, cfg.run.log_every, rank == 0,
+                                cfg.run.progress_bar)
+    engine.train()
+    losses = []
+    for step in range(start, cfg.train.steps):
+        t0 = time.perf_counter()
+        sums = {"real_tokens": 0.0, "computed_tokens": 0.0, "truncated": 0.0}
+        acc: dict[str, float] = {}
+        for m in range(gas):
+            batch = builder.build(rank_slice(order.global_batch_ids(step * gas + m), rank, world))
+            sums["real_tokens"] += batch.real_tokens
+            sums["computed_tokens"] += batch.computed_tokens
+            sums["truncated"] += batch.truncated
+            out = objective.forward_backward(engine, batch, lambda loss, final: engine.backward(loss))
+            for k, v in out.items():
+                acc[k] = acc.get(k, 0.0) + v / gas
+        engine.step()
+        totals = D.all_reduce_sum(sums, device)
+        metrics = D.all_reduce_mean(acc, device)
+        dt = time.perf_counter() - t0
+        grad_norm = engine.get_global_grad_norm()
+        metrics.update(lr=scheduler.get_last_lr()[0],
+                       grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                       tokens_per_s=totals["real_tokens"] / dt,
+                       packing_efficiency=totals["real_tokens"] / max(1.0, totals["computed_tokens"]),
+                       truncated=int(totals["truncated"]), peak_mem_gb=peak_memory_gb(device), step_time_s=dt)
+        losses.append(metrics["loss"])
+        metrics_log.step(step + 1, metrics)
+        done = step + 1 == cfg.train.steps
+        if done or (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0):
+            save_checkpoint(engine, ckpt_root, step + 1, {"micro_batches": (step + 1) * gas, "seed": cfg.run.seed},
+                            cfg.run.keep_checkpoints, device)
+    metrics_log.close()
+    final_dir = save_final(engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged)
+    after = _run_eval(engine.module, text_tok, builder, cfg, device, "after")
+    if rank == 0 and before and after:
+        print(f"held-out retrieval ({cfg.eval.retrieval}): R@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}"
+              f"   MRR {before['mrr']:.3f} -> {after['mrr']:.3f}", flush=True)
+    return {"losses": losses, "final_dir": str(final_dir), "eval_before": before, "eval_after": after,
+            "start_step": start}

@@ -1,0 +1,140 @@
+"""Attention over packed varlen streams, plugged in through transformers' AttentionInterface.
+
+The model runs with `attn_implementation="embedtrain_packed"`. Because that name has no entry in
+transformers' mask interface, the model builds no mask at all; instead every forward passes
+`packed=PackedAttention(...)` as a keyword that transformers forwards untouched down to the attention
+call. Attention is then computed inside each text only, causal or bidirectional, by one of:
+  flash_attn   - flash-attn's varlen kernel (CUDA, optional extra)
+  torch_varlen - torch.nn.attention.varlen.varlen_attn (CUDA)
+  sdpa         - PyTorch SDPA, one call per group of equal-length texts (any device, exact)
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+log = logging.getLogger(__name__)
+IMPL_NAME = "embedtrain_packed"
+
+
+@dataclass
+class PackedAttention:
+    """Segment layout of one packed stream, shared by every layer of one forward."""
+
+    cu_seqlens: torch.Tensor  # (S+1,) int32, on the model's device
+    max_seqlen: int
+    causal: bool
+    backend: str
+    # sdpa backend: per distinct length L, (starts,) of the segments of that length.
+    groups: list[tuple[int, torch.Tensor]] | None = None
+
+    @classmethod
+    def build(cls, cu_seqlens: torch.Tensor, causal: bool, backend: str) -> "PackedAttention":
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+        max_len = max(lengths)
+        groups = None
+        if backend == "sdpa":
+            starts = cu_seqlens[:-1].tolist()
+            by_len: dict[int, list[int]] = {}
+            for s, n in zip(starts, lengths):
+                by_len.setdefault(n, []).append(s)
+            groups = [(n, torch.tensor(st, device=cu_seqlens.device)) for n, st in sorted(by_len.items())]
+        return cls(cu_seqlens.to(torch.int32), max_len, causal, backend, groups)
+
+
+def _sdpa_segments(q_HTD, k_HTD, v_HTD, packed: PackedAttention, scaling: float, dropout: float):
+    """Exact per-text attention: texts of equal length are batched into one SDPA call."""
+    heads_q, total, dim = q_HTD.shape
+    out_THD = q_HTD.new_empty(total, heads_q, dim)
+    gqa = k_HTD.shape[0] != heads_q
+    for length, starts in packed.groups:
+        idx_NL = starts[:, None] + torch.arange(length, device=starts.device)[None, :]
+        q = q_HTD[:, idx_NL].transpose(0, 1)  # (N, H, L, D)
+        k = k_HTD[:, idx_NL].transpose(0, 1)
+        v = v_HTD[:, idx_NL].transpose(0, 1)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=packed.causal and length > 1,
+                                           scale=scaling, enable_gqa=gqa)
+        out_THD[idx_NL.reshape(-1)] = o.transpose(1, 2).reshape(-1, heads_q, dim)
+    return out_THD
+
+
+def _flash_attn(q_THD, k_THD, v_THD, packed: PackedAttention, scaling: float, dropout: float):
+    from flash_attn import flash_attn_varlen_func
+
+    cu = packed.cu_seqlens
+    return flash_attn_varlen_func(q_THD, k_THD, v_THD, cu, cu, packed.max_seqlen, packed.max_seqlen,
+                                  dropout_p=dropout, softmax_scale=scaling, causal=packed.causal)
+
+
+def _torch_varlen(q_THD, k_THD, v_THD, packed: PackedAttention, scaling: float, dropout: float):
+    from torch.nn.attention.varlen import varlen_attn
+
+    if dropout:
+        raise NotImplementedError("torch_varlen attention has no dropout; use attn_backend sdpa or flash_attn")
+    cu = packed.cu_seqlens
+    kwargs = {"scale": scaling}
+    params = inspect.signature(varlen_attn).parameters
+    if "window_size" in params:
+        kwargs["window_size"] = (-1, 0) if packed.causal else (-1, -1)
+    elif "is_causal" in params:
+        kwargs["is_causal"] = packed.causal
+    if k_THD.shape[1] != q_THD.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            rep = q_THD.shape[1] // k_THD.shape[1]
+            k_THD, v_THD = k_THD.repeat_interleave(rep, 1), v_THD.repeat_interleave(rep, 1)
+    return varlen_attn(q_THD, k_THD, v_THD, cu, cu, packed.max_seqlen, packed.max_seqlen, **kwargs)
+
+
+def packed_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                             sliding_window=None, softcap=None, packed: PackedAttention | None = None, **_):
+    """AttentionInterface entry: query (1, Hq, T, D), key/value (1, Hkv, T, D) -> (1, T, Hq, D)."""
+    if packed is None:
+        raise RuntimeError("embedtrain_packed attention called without `packed=`; run the model through "
+                           "embedtrain.model.EmbeddingModel, which passes the segment layout")
+    if query.shape[0] != 1:
+        raise RuntimeError(f"packed attention expects one stream per forward (batch 1), got {query.shape[0]}")
+    if softcap is not None:
+        raise NotImplementedError("attention logit soft-capping (gemma2) is not supported by packed attention")
+    if sliding_window is not None and packed.max_seqlen > sliding_window:
+        raise NotImplementedError(f"a text of {packed.max_seqlen} tokens exceeds the model's sliding window "
+                                  f"({sliding_window}); lower data.max_length")
+    if packed.backend == "sdpa":
+        out_THD = _sdpa_segments(query[0], key[0], value[0], packed, scaling, dropout)
+    else:
+        fn = _flash_attn if packed.backend == "flash_attn" else _torch_varlen
+        out_THD = fn(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), packed,
+                     scaling, dropout)
+    return out_THD.unsqueeze(0), None
+
+
+AttentionInterface.register(IMPL_NAME, packed_attention_forward)
+
+
+def pick_backend(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Choose the kernel once at start; fail loudly if the requested one cannot run here."""
+    on_cuda = device.type == "cuda"
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    has_varlen = importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    if requested == "auto":
+        if on_cuda and has_flash and dtype != torch.float32:
+            return "flash_attn"
+        if on_cuda and has_varlen and dtype != torch.float32:
+            return "torch_varlen"
+        return "sdpa"
+    if requested in ("flash_attn", "torch_varlen"):
+        if not on_cuda:
+            raise RuntimeError(f"model.attn_backend={requested} needs a CUDA device; use sdpa or auto on {device}")
+        if requested == "flash_attn" and not has_flash:
+            raise RuntimeError("model.attn_backend=flash_attn but flash-attn is not installed "
+                               "(pip install 'embedtrain[flash]'), or use auto")
+        if requested == "torch_varlen" and not has_varlen:
+            raise RuntimeError("model.attn_backend=torch_varlen needs torch.nn.attention.varlen (torch >= 2.10)")
+    return requested

