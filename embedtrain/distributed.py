@@ -37,6 +37,12 @@ def init_distributed(backend: str = "auto") -> torch.device:
         dist.init_process_group(backend, timeout=timedelta(minutes=int(os.environ.get("EMBEDTRAIN_DIST_TIMEOUT_MIN", 30))))
     import deepspeed
 
+    if not cuda and os.environ.get("EMBEDTRAIN_DS_SHM") != "1":
+        # DeepSpeed's CPU shared-memory all-reduce helper is a C++ extension compiled on first use
+        # (~80 s) and only speeds up its inference collectives; gloo gives identical training results.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=backend)
     return device
 

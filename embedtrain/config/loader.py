@@ -17,6 +17,16 @@ import yaml
 from embedtrain.config.schema import RecipeConfig
 
 
+# Names users bring from the HF Trainer / DeepSpeed / sentence-transformers, mapped to ours.
+ALIASES = {"learning_rate": "lr", "max_steps": "steps", "num_steps": "steps", "num_train_steps": "steps",
+           "gradient_accumulation_steps": "grad_accum", "max_grad_norm": "grad_clip",
+           "gradient_clipping": "grad_clip", "warmup": "warmup_steps", "lr_scheduler": "schedule",
+           "lr_scheduler_type": "schedule", "temp": "temperature", "tau": "temperature", "scale": "temperature",
+           "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "model_name_or_path": "path",
+           "output": "output_dir", "max_seq_length": "max_length", "stage": "zero_stage", "bf16": "dtype",
+           "torch_dtype": "dtype", "pooling_mode": "pooling", "attn_implementation": "attn_backend"}
+
+
 class RecipeError(ValueError):
     """A recipe problem the user must fix; the message names the file and key."""
 
@@ -146,7 +156,8 @@ def build_dataclass(cls: type, data: dict, origin: dict, prefix: str = "", defau
         dotted = f"{prefix}{key}"
         where = origin.get(dotted, default_where)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            close = [ALIASES[key]] if ALIASES.get(key) in names else \
+                difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean `{prefix}{close[0]}`?" if close else f"; valid keys: {', '.join(names)}"
             raise RecipeError(f"{where}: unknown key `{dotted}`{hint}")
         tp = hints[key]

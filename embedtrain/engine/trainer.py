@@ -51,6 +51,18 @@ def _run_eval(model, text_tok, builder, cfg: RecipeConfig, device, label: str) -
     return scores
 
 
+def _record_grad_norm(engine) -> None:
+    """Without a ZeRO/bf16 wrapper DeepSpeed clips with its own clip_grad_norm_ but drops the norm it
+    returns; keep it so get_global_grad_norm() works on every configuration."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip_and_record():
+        engine._global_grad_norm = clip_grad_norm_(parameters=engine.module.parameters(),
+                                                   max_norm=engine.gradient_clipping(), mpu=engine.mpu)
+
+    engine.clip_fp32_gradients = clip_and_record
+
+
 def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     device = D.init_distributed(cfg.deepspeed.backend)
     rank, world = D.rank(), D.world_size()
@@ -80,6 +92,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
     zero_stage = engine.zero_optimization_stage()
+    _record_grad_norm(engine)
     objective_cls, _ = get_objective(cfg.train.objective)
     objective = objective_cls(options, device)
     ckpt_root = run_dir / "checkpoints"

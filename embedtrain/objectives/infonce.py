@@ -40,14 +40,14 @@ def infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float,
     labels_Q = torch.arange(num_queries, device=emb_ND.device) + offset
     logits_QG = q_QD @ all_cand_GD.T / temperature
     loss = F.cross_entropy(logits_QG, labels_Q)
-    metrics = {"loss_q2d": float(loss), "acc": float((logits_QG.argmax(-1) == labels_Q).float().mean())}
+    metrics = {"loss_q2d": loss.item(), "acc": (logits_QG.argmax(-1) == labels_Q).float().mean().item()}
     if symmetric:
         all_q_GD, q_offset = gather_with_grad(q_QD)
         logits_QGq = cand_CD[:num_queries] @ all_q_GD.T / temperature
         loss_d2q = F.cross_entropy(logits_QGq, torch.arange(num_queries, device=emb_ND.device) + q_offset)
-        metrics["loss_d2q"] = float(loss_d2q)
+        metrics["loss_d2q"] = loss_d2q.item()
         loss = (loss + loss_d2q) / 2
-    metrics["loss"] = float(loss)
+    metrics["loss"] = loss.item()
     return loss, metrics
 
 
