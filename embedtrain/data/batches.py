@@ -7,13 +7,14 @@ A task's tail that does not fill a batch is left for the next epoch's reshuffle 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from embedtrain.data.jsonl import Example, JsonlIndex
-from embedtrain.data.packing import PackedStream, TextTokenizer, pack_texts
+from embedtrain.data.packing import PackedStream, TextTokenizer, TokenizedText, pack_texts
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class MicroBatch:
     """
 
     streams: list[PackedStream]
+    texts: list[TokenizedText]
     num_queries: int
     neg_counts: list[int]
     task: str
@@ -99,8 +101,15 @@ class MicroBatchBuilder:
         docs = self.text_tok.encode([e.positive for e in examples] + [n for e in examples for n in e.negatives])
         texts = queries + docs
         streams = pack_texts(texts, self.max_tokens, self.text_tok.pad_id, self.multiple)
-        return MicroBatch(streams, len(examples), [len(e.negatives) for e in examples],
+        return MicroBatch(streams, texts, len(examples), [len(e.negatives) for e in examples],
                           examples[0].task if examples else "", len(texts), sum(t.truncated for t in texts))
+
+
+    def repack(self, batch: MicroBatch, min_streams: int) -> MicroBatch:
+        if len(batch.streams) >= min_streams:
+            return batch
+        streams = pack_texts(batch.texts, self.max_tokens, self.text_tok.pad_id, self.multiple, min_streams)
+        return dataclasses.replace(batch, streams=streams)
 
 
 def rank_slice(global_ids: np.ndarray, rank: int, world: int) -> np.ndarray:

@@ -88,8 +88,12 @@ class PackedStream:
 
 
 def pack_texts(texts: list[TokenizedText], max_tokens: int, pad_id: int,
-               pad_to_multiple_of: int = 1) -> list[PackedStream]:
-    """First-fit-decreasing packing; a stream never exceeds max_tokens (padding included)."""
+               pad_to_multiple_of: int = 1, min_streams: int = 1) -> list[PackedStream]:
+    """First-fit-decreasing packing; a stream never exceeds max_tokens (padding included).
+
+    min_streams: split the streams holding most texts until there are this many. Under ZeRO-3 (and
+    gradient caching under ZeRO-2) every rank must run the same number of forward/backward passes.
+    """
     order = sorted(range(len(texts)), key=lambda i: (-len(texts[i].ids), i))
     bins: list[list[int]] = []
     used: list[int] = []
@@ -105,6 +109,14 @@ def pack_texts(texts: list[TokenizedText], max_tokens: int, pad_id: int,
         else:
             bins.append([i])
             used.append(n)
+    while len(bins) < min_streams:
+        b = max(range(len(bins)), key=lambda j: len(bins[j]))
+        if len(bins[b]) < 2:
+            raise ValueError(f"cannot make {min_streams} packed streams from {len(texts)} texts: another rank "
+                             "needs that many; raise data.max_tokens_per_batch")
+        half = len(bins[b]) // 2
+        bins.append(bins[b][half:])
+        bins[b] = bins[b][:half]
     return [_build_stream([texts[i] for i in b], b, pad_id, pad_to_multiple_of, max_tokens) for b in bins]
 
 

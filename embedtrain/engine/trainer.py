@@ -82,6 +82,9 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     torch.manual_seed(cfg.run.seed)  # identical initial weights (LoRA) on every rank
     tokenizer = load_tokenizer(cfg.model.path)
     model = build_model(cfg.model, tokenizer, device)
+    objective_cls, _ = get_objective(cfg.train.objective)
+    if not objective_cls.uses_lm_head and model.freeze_unused_lm_head():
+        log.info("LM head frozen: objective %s does not use it", cfg.train.objective)
     text_tok = TextTokenizer(tokenizer, model.family, cfg.data.max_length, cfg.data.instruction_format)
     builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
                                 cfg.data.instructions, cfg.data.default_instruction)
@@ -93,7 +96,6 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                                            config=ds_config)
     zero_stage = engine.zero_optimization_stage()
     _record_grad_norm(engine)
-    objective_cls, _ = get_objective(cfg.train.objective)
     objective = objective_cls(options, device)
     ckpt_root = run_dir / "checkpoints"
     start = 0
@@ -114,6 +116,8 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         acc: dict[str, float] = {}
         for m in range(gas):
             batch = builder.build(rank_slice(order.global_batch_ids(step * gas + m), rank, world))
+            if world > 1:  # same number of passes on every rank (ZeRO-3 gathers, ZeRO-2 reductions)
+                batch = builder.repack(batch, max(D.all_gather_ints(len(batch.streams), device)))
             sums["real_tokens"] += batch.real_tokens
             sums["computed_tokens"] += batch.computed_tokens
             sums["truncated"] += batch.truncated
@@ -133,9 +137,15 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         losses.append(metrics["loss"])
         metrics_log.step(step + 1, metrics)
         done = step + 1 == cfg.train.steps
-        if done or (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0):
+        stop = step + 1 == cfg.run.stop_at_step
+        if done or stop or (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0):
             save_checkpoint(engine, ckpt_root, step + 1, {"micro_batches": (step + 1) * gas, "seed": cfg.run.seed},
                             cfg.run.keep_checkpoints, device)
+        if stop and not done:
+            metrics_log.close()
+            log.info("stopped after step %d (run.stop_at_step); continue with --resume", step + 1)
+            return {"losses": losses, "final_dir": None, "eval_before": before, "eval_after": None,
+                    "start_step": start}
     metrics_log.close()
     final_dir = save_final(engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged)
     after = _run_eval(engine.module, text_tok, builder, cfg, device, "after")

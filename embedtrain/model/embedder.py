@@ -46,6 +46,15 @@ class EmbeddingModel(nn.Module):
         self.pooling = pooling
         self.backend = backend
 
+    def freeze_unused_lm_head(self) -> int:
+        """Freeze an untied LM head the objective never uses: no optimizer state for vocab x H."""
+        head = self.lm.get_output_embeddings()
+        tied = head.weight is self.lm.get_input_embeddings().weight
+        if tied or not head.weight.requires_grad:
+            return 0
+        head.weight.requires_grad_(False)
+        return head.weight.numel()
+
     def decoder(self) -> nn.Module:
         # get_decoder() reaches through a peft wrapper to the (LoRA-patched) transformer stack.
         return self.lm.get_decoder()

@@ -15,6 +15,7 @@ Backward = Callable[[torch.Tensor, bool], None]
 
 class Objective:
     name = "base"
+    uses_lm_head = False  # objectives that decode (reconstruction) set True; otherwise the head is frozen
 
     def __init__(self, options, device: torch.device):
         self.options = options

@@ -1,0 +1,106 @@
+"""Runs under `torchrun --nproc_per_node 2` from test_distributed.py; one launch, many scenarios.
+
+usage: dist_worker.py OUT_DIR RECIPE SCENARIO[,SCENARIO...]
+Writes OUT_DIR/results.json (rank 0) and, for gradient scenarios, OUT_DIR/grads_<name>.safetensors.
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from embedtrain import distributed as D
+from embedtrain.config.loader import load_recipe
+from embedtrain.config.validate import objective_options
+from embedtrain.data.batches import MicroBatchBuilder
+from embedtrain.data.jsonl import build_index
+from embedtrain.data.packing import TextTokenizer
+from embedtrain.engine.ds_config import build_ds_config
+from embedtrain.engine.schedule import build_optimizer, build_scheduler
+from embedtrain.engine.trainer import train
+from embedtrain.model.embedder import build_model, load_tokenizer
+from embedtrain.objectives.registry import get_objective
+
+GRADS = {  # name -> recipe overrides; one optimizer step on 8 examples split over the ranks
+    "grad_plain": [],
+    "grad_cache": ["objective.grad_cache=true", "data.max_tokens_per_batch=160"],
+    "grad_symmetric": ["objective.symmetric=true"],
+}
+TRAJ = {  # name -> overrides; 10 optimizer steps through the real trainer
+    "z0": ["deepspeed.zero_stage=0"],
+    "z1": ["deepspeed.zero_stage=1"],
+    "z2": ["deepspeed.zero_stage=2"],
+    "z3": ["deepspeed.zero_stage=3"],
+    "z3_offload": ["deepspeed.zero_stage=3", "deepspeed.offload=true"],
+    "z2_gradcache": ["deepspeed.zero_stage=2", "objective.grad_cache=true", "data.max_tokens_per_batch=160"],
+    "z3_gradcache": ["deepspeed.zero_stage=3", "objective.grad_cache=true", "data.max_tokens_per_batch=160"],
+    "z0_accum": ["deepspeed.zero_stage=0", "train.grad_accum=2", "train.batch_size=4"],
+    "z2_accum": ["deepspeed.zero_stage=2", "train.grad_accum=2", "train.batch_size=4"],
+}
+RESUME = ["deepspeed.zero_stage=3", "model.lora.enabled=true", "model.lora.dropout=0.1", "train.lr=1e-2"]
+
+
+def grad_scenario(recipe, overrides, out: Path, name: str):
+    """One step of the engine; the optimizer's pre-step hook sees the reduced (averaged) gradients."""
+    import deepspeed
+    from safetensors.torch import save_file
+
+    cfg, origin = load_recipe(recipe, overrides + ["train.grad_clip=0", "deepspeed.zero_stage=0"])
+    device = torch.device("cpu")
+    tok = load_tokenizer(cfg.model.path)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, tok, device)
+    model.freeze_unused_lm_head()
+    text_tok = TextTokenizer(tok, model.family, cfg.data.max_length, cfg.data.instruction_format)
+    index = build_index(cfg.data.train)
+    builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, 1, cfg.data.instructions, None)
+    optimizer = build_optimizer(model, cfg.train)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=build_scheduler(optimizer, cfg.train),
+                                      config=build_ds_config(cfg, D.world_size()))
+    captured = {}
+
+    def capture(opt, args, kwargs):
+        for n, p in engine.module.named_parameters():
+            if p.grad is not None:
+                captured[n] = p.grad.detach().clone()
+
+    optimizer.register_step_pre_hook(capture)
+    per_rank = 8 // D.world_size()
+    examples = [index.read(i) for i in range(8)][D.rank() * per_rank:(D.rank() + 1) * per_rank]
+    batch = builder.from_examples(examples)
+    batch = builder.repack(batch, max(D.all_gather_ints(len(batch.streams), device)))
+    objective = get_objective(cfg.train.objective)[0](objective_options(cfg, origin), device)
+    metrics = objective.forward_backward(engine, batch, lambda loss, final: engine.backward(loss))
+    engine.step()
+    metrics = D.all_reduce_mean(metrics, device)
+    if D.rank() == 0:
+        save_file(captured, str(out / f"grads_{name}.safetensors"))
+    return {"loss": metrics["loss"], "streams": len(batch.streams)}
+
+
+def main():
+    out, recipe, names = Path(sys.argv[1]), sys.argv[2], sys.argv[3].split(",")
+    D.init_distributed()
+    results = {}
+    for name in names:
+        if name in GRADS:
+            results[name] = grad_scenario(recipe, GRADS[name], out, name)
+        elif name in TRAJ:
+            cfg, origin = load_recipe(recipe, TRAJ[name] + [f"run.output_dir={out / name}"])
+            results[name] = train(cfg, origin)["losses"]
+        elif name == "resume":
+            sets = RESUME + [f"run.output_dir={out / 'straight'}"]
+            straight = train(*load_recipe(recipe, sets))["losses"]
+            sets = RESUME + [f"run.output_dir={out / 'split'}"]
+            first = train(*load_recipe(recipe, sets + ["run.stop_at_step=5"]))["losses"]
+            torch.manual_seed(1234)  # a resumed run must not depend on the RNG it happens to start with
+            second = train(*load_recipe(recipe, sets), resume=True)["losses"]
+            results[name] = {"straight": straight, "first": first, "second": second}
+        else:
+            raise SystemExit(f"unknown scenario {name}")
+    if D.rank() == 0:
+        (out / "results.json").write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
