@@ -54,6 +54,7 @@ class DataConfig:
     instructions: dict[str, str] = field(default_factory=dict)  # task -> query instruction
     default_instruction: Optional[str] = None
     instruction_format: str = "Instruct: {instruction}\nQuery: "
+    max_negatives: Optional[int] = None  # use at most this many hard negatives per example (the first ones)
     skip_bad_lines: bool = False
     same_task_batches: bool = True
 

@@ -45,6 +45,8 @@ def validate_recipe(cfg: RecipeConfig, origin: dict) -> None:
         _fail(origin, "data.max_tokens_per_batch",
               f"({cfg.data.max_tokens_per_batch}) must be >= data.max_length ({cfg.data.max_length}): "
               "one text must fit in one packed stream")
+    if cfg.data.max_negatives is not None and cfg.data.max_negatives < 0:
+        _fail(origin, "data.max_negatives", f"must be >= 0, got {cfg.data.max_negatives}")
     if "{instruction}" not in cfg.data.instruction_format:
         _fail(origin, "data.instruction_format", "must contain {instruction}")
     t = cfg.train

@@ -83,8 +83,8 @@ class MicroBatchBuilder:
     """Reads, formats and packs one rank's examples of a global micro-batch."""
 
     def __init__(self, index: JsonlIndex, text_tok: TextTokenizer, max_tokens: int, pad_to_multiple_of: int,
-                 instructions: dict[str, str], default_instruction: str | None):
-        self.index, self.text_tok = index, text_tok
+                 instructions: dict[str, str], default_instruction: str | None, max_negatives: int | None = None):
+        self.index, self.text_tok, self.max_negatives = index, text_tok, max_negatives
         self.max_tokens, self.multiple = max_tokens, pad_to_multiple_of
         self.instructions, self.default_instruction = instructions, default_instruction
 
@@ -94,6 +94,9 @@ class MicroBatchBuilder:
 
     def build(self, example_ids: np.ndarray) -> MicroBatch:
         examples = [self.index.read(int(i)) for i in example_ids]
+        if self.max_negatives is not None:
+            for e in examples:
+                del e.negatives[self.max_negatives:]
         return self.from_examples(examples)
 
     def from_examples(self, examples: list[Example]) -> MicroBatch:

@@ -87,7 +87,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         log.info("LM head frozen: objective %s does not use it", cfg.train.objective)
     text_tok = TextTokenizer(tokenizer, model.family, cfg.data.max_length, cfg.data.instruction_format)
     builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
-                                cfg.data.instructions, cfg.data.default_instruction)
+                                cfg.data.instructions, cfg.data.default_instruction, cfg.data.max_negatives)
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     import deepspeed

@@ -31,37 +31,47 @@ class PackedAttention:
     max_seqlen: int
     causal: bool
     backend: str
-    # sdpa backend: per distinct length L, (starts,) of the segments of that length.
-    groups: list[tuple[int, torch.Tensor]] | None = None
+    # sdpa backend: (length, count) per distinct text length, and the token permutation that puts the
+    # texts of each length next to each other (plus its inverse).
+    groups: list[tuple[int, int]] | None = None
+    perm: torch.Tensor | None = None
+    inverse_perm: torch.Tensor | None = None
 
     @classmethod
     def build(cls, cu_seqlens: torch.Tensor, causal: bool, backend: str) -> "PackedAttention":
         lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
         max_len = max(lengths)
-        groups = None
+        groups = perm = inverse = None
         if backend == "sdpa":
-            starts = cu_seqlens[:-1].tolist()
             by_len: dict[int, list[int]] = {}
-            for s, n in zip(starts, lengths):
-                by_len.setdefault(n, []).append(s)
-            groups = [(n, torch.tensor(st, device=cu_seqlens.device)) for n, st in sorted(by_len.items())]
-        return cls(cu_seqlens.to(torch.int32), max_len, causal, backend, groups)
+            for start, n in zip(cu_seqlens[:-1].tolist(), lengths):
+                by_len.setdefault(n, []).append(start)
+            groups = [(n, len(starts)) for n, starts in sorted(by_len.items())]
+            perm = torch.cat([torch.arange(st, st + n) for n, starts in sorted(by_len.items()) for st in starts])
+            perm = perm.to(cu_seqlens.device)
+            inverse = torch.argsort(perm)
+        return cls(cu_seqlens.to(torch.int32), max_len, causal, backend, groups, perm, inverse)
 
 
 def _sdpa_segments(q_HTD, k_HTD, v_HTD, packed: PackedAttention, scaling: float, dropout: float):
-    """Exact per-text attention: texts of equal length are batched into one SDPA call."""
-    heads_q, total, dim = q_HTD.shape
-    out_THD = q_HTD.new_empty(total, heads_q, dim)
+    """Exact per-text attention: texts of equal length are batched into one SDPA call.
+
+    Tokens are permuted once into length-group order (so each group is a contiguous view) and the
+    output is permuted back once: per-group fancy indexing would cost a full-size scatter per group
+    in backward.
+    """
+    heads_q, _, dim = q_HTD.shape
+    q_p, k_p, v_p = (x[:, packed.perm] for x in (q_HTD, k_HTD, v_HTD))
     gqa = k_HTD.shape[0] != heads_q
-    for length, starts in packed.groups:
-        idx_NL = starts[:, None] + torch.arange(length, device=starts.device)[None, :]
-        q = q_HTD[:, idx_NL].transpose(0, 1)  # (N, H, L, D)
-        k = k_HTD[:, idx_NL].transpose(0, 1)
-        v = v_HTD[:, idx_NL].transpose(0, 1)
+    outs, offset = [], 0
+    for length, count in packed.groups:
+        sl = slice(offset, offset + length * count)
+        q, k, v = (x[:, sl].unflatten(1, (count, length)).transpose(0, 1) for x in (q_p, k_p, v_p))  # (N, H, L, D)
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=packed.causal and length > 1,
                                            scale=scaling, enable_gqa=gqa)
-        out_THD[idx_NL.reshape(-1)] = o.transpose(1, 2).reshape(-1, heads_q, dim)
-    return out_THD
+        outs.append(o.transpose(1, 2).reshape(length * count, heads_q, dim))
+        offset += length * count
+    return torch.cat(outs)[packed.inverse_perm]
 
 
 def _flash_attn(q_THD, k_THD, v_THD, packed: PackedAttention, scaling: float, dropout: float):

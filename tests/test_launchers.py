@@ -1,0 +1,50 @@
+"""The same CLI under torchrun and under the deepspeed launcher (2 processes, CPU/gloo): same losses."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from embedtrain.tiny import make_tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(cmd, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def test_torchrun_and_deepspeed_launcher_agree(tmp_path):
+    if shutil.which("deepspeed") is None:
+        pytest.skip("the deepspeed launcher script is not on PATH")
+    model = make_tiny_model("qwen2", tmp_path / "model")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(open(ROOT / "recipes/quickstart/data/train.jsonl").readlines()[:200]))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+run: {{log_every: 1, progress_bar: false}}
+model: {{path: {model}, pooling: mean, lora: {{enabled: true, dropout: 0.0}}}}
+data: {{train: [{data}], max_length: 48, max_tokens_per_batch: 1024}}
+train: {{batch_size: 8, steps: 4, lr: 1.0e-3}}
+deepspeed: {{zero_stage: 2}}
+""")
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+          "embedtrain", "train", str(recipe), "--set", "run.output_dir=tr"], tmp_path)
+    port = str(29500 + os.getpid() % 1000)
+    _run(["deepspeed", "--num_gpus", "2", "--master_port", port, "--module", "embedtrain", "train", str(recipe),
+          "--set", "run.output_dir=ds"], tmp_path)
+    losses = {}
+    for name in ("tr", "ds"):
+        losses[name] = [json.loads(line)["loss"] for line in open(tmp_path / name / "metrics.jsonl")]
+        assert (tmp_path / name / "final" / "adapter_model.safetensors").is_file()
+    assert len(losses["tr"]) == 4 and max(abs(a - b) for a, b in zip(losses["tr"], losses["ds"])) <= 1e-6
+    resolved = (tmp_path / "ds" / "config.yaml").read_text()
+    assert "zero_stage: 2" in resolved and "pooling: mean" in resolved  # resolved config saved in the run dir
