@@ -49,6 +49,8 @@ def _convert(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = argparse.ArgumentParser(prog="embedtrain", description=__doc__)
+    # The deepspeed launcher passes --local_rank=N before the subcommand; LOCAL_RANK carries it too.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn, text in (("train", _train, "train with a recipe"),
                            ("check", _check, "validate a recipe and its data without training")):

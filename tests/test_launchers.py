@@ -23,8 +23,10 @@ def _run(cmd, tmp_path):
 
 
 def test_torchrun_and_deepspeed_launcher_agree(tmp_path):
-    if shutil.which("deepspeed") is None:
-        pytest.skip("the deepspeed launcher script is not on PATH")
+    launcher = Path(sys.executable).with_name("deepspeed")
+    launcher = str(launcher) if launcher.exists() else shutil.which("deepspeed")
+    if launcher is None:
+        pytest.skip("the deepspeed launcher script is neither beside this python nor on PATH")
     model = make_tiny_model("qwen2", tmp_path / "model")
     data = tmp_path / "d.jsonl"
     data.write_text("".join(open(ROOT / "recipes/quickstart/data/train.jsonl").readlines()[:200]))
@@ -39,7 +41,7 @@ deepspeed: {{zero_stage: 2}}
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
           "embedtrain", "train", str(recipe), "--set", "run.output_dir=tr"], tmp_path)
     port = str(29500 + os.getpid() % 1000)
-    _run(["deepspeed", "--num_gpus", "2", "--master_port", port, "--module", "embedtrain", "train", str(recipe),
+    _run([launcher, "--num_gpus", "2", "--master_port", port, "--module", "embedtrain", "train", str(recipe),
           "--set", "run.output_dir=ds"], tmp_path)
     losses = {}
     for name in ("tr", "ds"):
