@@ -99,20 +99,15 @@ def all_gather_ints(value: int, device) -> list[int]:
     return [int(o) for o in out]
 
 
-def all_reduce_mean(values: dict[str, float], device) -> dict[str, float]:
-    """Average scalar metrics over ranks (one collective for the whole dict)."""
-    if world_size() == 1 or not values:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: float(v) / world_size() for k, v in zip(keys, t.tolist())}
-
-
 def all_reduce_sum(values: dict[str, float], device) -> dict[str, float]:
+    """Sum scalar metrics over ranks (one collective for the whole dict)."""
     if world_size() == 1 or not values:
         return values
     keys = sorted(values)
     t = torch.tensor([float(values[k]) for k in keys], device=device, dtype=torch.float64)
     dist.all_reduce(t)
     return dict(zip(keys, t.tolist()))
+
+
+def all_reduce_mean(values: dict[str, float], device) -> dict[str, float]:
+    return {k: v / world_size() for k, v in all_reduce_sum(values, device).items()}

@@ -102,3 +102,25 @@ train: {{batch_size: 8, steps: 3, lr: 5.0e-2}}
     assert (via_adapter - via_merged).abs().max() <= 1e-5
     assert (via_adapter - before).abs().max() > 1e-3  # training changed the model
     assert "embedtrain_packed" not in (merged / "config.json").read_text()  # loads without embedtrain
+
+
+def test_bf16_training_runs_and_saves_bf16(tmp_path, tiny_models):
+    from safetensors.torch import load_file
+
+    from embedtrain.config.loader import load_recipe
+    from embedtrain.engine.trainer import train
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+run: {{output_dir: {tmp_path / 'run'}, progress_bar: false}}
+model: {{path: {tiny_models['qwen3']}, dtype: bfloat16, pooling: mean, gradient_checkpointing: true}}
+data: {{train: [{DATA}], max_length: 48, max_tokens_per_batch: 1024}}
+train: {{batch_size: 8, steps: 3, lr: 1.0e-3, schedule: cosine, warmup_steps: 1}}
+""")
+    out = train(*load_recipe(recipe))
+    assert len(out["losses"]) == 3 and all(torch.isfinite(torch.tensor(out["losses"])))
+    weights = load_file(str(tmp_path / "run" / "final" / "model.safetensors"))
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    assert all(0 < json.loads(line)["packing_efficiency"] <= 1 for line in lines)

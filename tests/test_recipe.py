@@ -96,6 +96,9 @@ def test_ds_config_filled_from_recipe_and_never_twice(base, tmp_path):
     cfg, _ = load_recipe(base / "base.yaml", [f"deepspeed.config={own}"])
     with pytest.raises(ValueError, match="mine.json: `gradient_clipping` is filled from the recipe"):
         build_ds_config(cfg, world_size=1)
+    own.write_text(json.dumps({"zero_optimization": {"stage": 1, "overlap_comm": True}}))
+    with pytest.raises(ValueError, match="mine.json: zero_optimization.overlap_comm needs ZeRO stage 2 or 3"):
+        build_ds_config(cfg, world_size=1)
 
 
 def test_every_shipped_recipe_and_ds_config_loads():

@@ -30,6 +30,10 @@ def build_ds_config(cfg: RecipeConfig, world_size: int) -> dict:
         if key in ds:
             raise ValueError(f"{path}: `{key}` is filled from the recipe (see ds_configs/README.md); "
                              "remove it from the DeepSpeed config")
+    zero = ds.get("zero_optimization", {})
+    if zero.get("stage", 0) < 2 and zero.get("overlap_comm"):
+        raise ValueError(f"{path}: zero_optimization.overlap_comm needs ZeRO stage 2 or 3 here (embedtrain drives "
+                         "gradient accumulation itself, so gradients are reduced in step()); remove it")
     if cfg.train.batch_size % world_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
                          f"{world_size}: every rank needs the same number of examples")

@@ -1,4 +1,4 @@
-"""Step metrics: console lines every N steps, a JSON line per logged step, a progress bar on rank 0."""
+"""Step metrics: a JSON line every step, console lines every N steps, a progress bar on rank 0."""
 from __future__ import annotations
 
 import json
@@ -38,10 +38,11 @@ class MetricsLogger:
             return
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}")
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                                 pack=f"{metrics['packing_efficiency']:.3f}")
+        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.file.flush()
         if step % self.log_every == 0 or step == 1:
-            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-            self.file.flush()
             text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
             (self.bar.write if self.bar is not None else log.info)(f"step {step}: {text}")
 

@@ -37,10 +37,9 @@ def _run_eval(model, text_tok, builder, cfg: RecipeConfig, device, label: str) -
     """Held-out retrieval (eval.retrieval): every rank runs the same forwards (ZeRO-3 needs lockstep)."""
     if not cfg.eval.retrieval:
         return None
-    from embedtrain.data.jsonl import build_index as index_of
     from embedtrain.encode import encode_texts, retrieval_scores
 
-    idx = index_of([cfg.eval.retrieval])
+    idx = build_index([cfg.eval.retrieval])
     examples = [idx.read(i) for i in range(min(len(idx), cfg.eval.max_examples))]
     q = encode_texts(model, text_tok, [e.query for e in examples], [builder.instruction_for(e) for e in examples],
                      cfg.eval.batch_tokens, device)

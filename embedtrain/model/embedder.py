@@ -96,8 +96,10 @@ def build_model(cfg: ModelConfig, tokenizer, device: torch.device) -> EmbeddingM
     lm.config.use_cache = False
     if cfg.gradient_checkpointing:
         # transformers 5.x renamed it (the old name warns); non-reentrant works with LoRA and ZeRO-3.
-        enable = getattr(lm, "activation_checkpointing_enable", None) or lm.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(lm, "activation_checkpointing_enable"):
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
