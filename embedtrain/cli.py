@@ -43,7 +43,8 @@ def _check(args) -> int:
 def _convert(args) -> int:
     from embedtrain.convert_gguf import main as convert_main
 
-    return convert_main(args.rest) or 0
+    convert_main(args.rest)  # raises on failure
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
