@@ -99,6 +99,14 @@ def all_gather_ints(value: int, device) -> list[int]:
     return [int(o) for o in out]
 
 
+def all_reduce_max_ints(values: list[int], device) -> list[int]:
+    if world_size() == 1:
+        return list(values)
+    t = torch.tensor(values, device=device, dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def all_reduce_sum(values: dict[str, float], device) -> dict[str, float]:
     """Sum scalar metrics over ranks (one collective for the whole dict)."""
     if world_size() == 1 or not values:

@@ -36,6 +36,9 @@ TRAJ = {  # name -> overrides; 10 optimizer steps through the real trainer
     "z3_gradcache": ["deepspeed.zero_stage=3", "objective.grad_cache=true", "data.max_tokens_per_batch=160"],
     "z0_accum": ["deepspeed.zero_stage=0", "train.grad_accum=2", "train.batch_size=4"],
     "z2_accum": ["deepspeed.zero_stage=2", "train.grad_accum=2", "train.batch_size=4"],
+    "recon_z0": ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16"],
+    "recon_z3": ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16",
+                 "deepspeed.zero_stage=3"],
 }
 RESUME = ["deepspeed.zero_stage=3", "model.lora.enabled=true", "model.lora.dropout=0.1", "train.lr=1e-2"]
 

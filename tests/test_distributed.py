@@ -21,7 +21,8 @@ from embedtrain.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "quickstart" / "data" / "train.jsonl"
-SCENARIOS = "grad_plain,grad_cache,grad_symmetric,z0,z1,z2,z3,z3_offload,z2_gradcache,z3_gradcache,z0_accum,z2_accum,resume"
+SCENARIOS = ("grad_plain,grad_cache,grad_symmetric,z0,z1,z2,z3,z3_offload,z2_gradcache,z3_gradcache,z0_accum,"
+             "z2_accum,recon_z0,recon_z3,resume")
 
 
 def _env():
@@ -120,15 +121,29 @@ def test_zero_stages_same_trajectory(world2):
     assert worst <= 1e-5, f"gradient accumulation: ZeRO-2 differs from ZeRO-0 by {worst}"
 
 
-def test_world2_trajectory_equals_plain_process(setup, world2):
-    """The same recipe as a plain `embedtrain train` process (world size 1) follows the same losses."""
+def test_reconstruction_zero3_equals_zero0(world2):
+    r = world2[1]
+    assert len(r["recon_z0"]) == 10 and len({round(x, 4) for x in r["recon_z0"]}) > 5
+    worst = max(abs(a - b) for a, b in zip(r["recon_z0"], r["recon_z3"]))
+    assert worst <= 1e-5, f"reconstruction: ZeRO-3 differs from ZeRO-0 by {worst}"
+
+
+@pytest.mark.parametrize("objective, scenario, sets", [
+    ("infonce", "z0", []),
+    ("reconstruction", "recon_z0", ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16"]),
+])
+def test_world2_trajectory_equals_plain_process(setup, world2, objective, scenario, sets):
+    """The same recipe as a plain `embedtrain train` process (world size 1) follows the same losses:
+    gathered negatives (infonce) and the global token mean (reconstruction) are exact across ranks."""
     root, recipe = setup
-    out = root / "plain"
+    out = root / f"plain_{objective}"
     cmd = [sys.executable, "-m", "embedtrain", "train", str(recipe), "--set", f"run.output_dir={out}"]
+    for item in sets:
+        cmd += ["--set", item]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     plain = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
-    worst = max(abs(a - b) for a, b in zip(plain, world2[1]["z0"]))
+    worst = max(abs(a - b) for a, b in zip(plain, world2[1][scenario]))
     assert len(plain) == 10 and worst <= 1e-5, worst
     assert (out / "config.yaml").is_file() and (out / "final" / "model.safetensors").is_file()
 

@@ -69,6 +69,10 @@ class MicroBatch:
     task: str
     num_texts: int
     truncated: int
+    # Packing parameters, for objectives that pack further streams (decoding passes).
+    max_tokens: int = 0
+    pad_id: int = 0
+    pad_multiple: int = 1
 
     @property
     def real_tokens(self) -> int:
@@ -105,7 +109,8 @@ class MicroBatchBuilder:
         texts = queries + docs
         streams = pack_texts(texts, self.max_tokens, self.text_tok.pad_id, self.multiple)
         return MicroBatch(streams, texts, len(examples), [len(e.negatives) for e in examples],
-                          examples[0].task if examples else "", len(texts), sum(t.truncated for t in texts))
+                          examples[0].task if examples else "", len(texts), sum(t.truncated for t in texts),
+                          self.max_tokens, self.text_tok.pad_id, self.multiple)
 
 
     def repack(self, batch: MicroBatch, min_streams: int) -> MicroBatch:

@@ -48,7 +48,9 @@ def save_merged(adapter_dir: Path, cfg: RecipeConfig, tokenizer, target: Path) -
 
     from embedtrain.model.embedder import DTYPES
 
-    base = AutoModelForCausalLM.from_pretrained(cfg.model.init_from or cfg.model.path,
+    from embedtrain.model.embedder import resolve_weights
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_weights(cfg.model),
                                                 dtype=DTYPES[cfg.model.dtype], use_safetensors=True)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")

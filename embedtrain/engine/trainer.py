@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -86,7 +87,10 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         log.info("LM head frozen: objective %s does not use it", cfg.train.objective)
     text_tok = TextTokenizer(tokenizer, model.family, cfg.data.max_length, cfg.data.instruction_format)
     builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
-                                cfg.data.instructions, cfg.data.default_instruction, cfg.data.max_negatives)
+                                cfg.data.instructions, cfg.data.default_instruction,
+                                cfg.data.max_negatives if objective_cls.uses_negatives else 0)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     import deepspeed
@@ -148,6 +152,8 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     metrics_log.close()
     final_dir = save_final(engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged)
     after = _run_eval(engine.module, text_tok, builder, cfg, device, "after")
+    if rank == 0 and (before or after):
+        atomic_write_text(run_dir / "eval.json", json.dumps({"before": before, "after": after}, indent=1))
     if rank == 0 and before and after:
         print(f"held-out retrieval ({cfg.eval.retrieval}): R@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}"
               f"   MRR {before['mrr']:.3f} -> {after['mrr']:.3f}", flush=True)

@@ -59,16 +59,32 @@ class EmbeddingModel(nn.Module):
         # get_decoder() reaches through a peft wrapper to the (LoRA-patched) transformer stack.
         return self.lm.get_decoder()
 
-    def hidden_states(self, stream: PackedStream) -> torch.Tensor:
-        """Last-layer states (after the final norm) of a packed stream: (T, H)."""
-        packed = PackedAttention.build(stream.cu_seqlens, self.causal, self.backend)
-        out = self.decoder()(input_ids=stream.input_ids[None], position_ids=stream.position_ids[None],
-                             use_cache=False, packed=packed)
+    def hidden_states(self, stream: PackedStream, inject: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      causal: bool | None = None) -> torch.Tensor:
+        """Last-layer states (after the final norm) of a packed stream: (T, H).
+
+        inject=(positions_P, vectors_PH) replaces the input embeddings at those positions (soft prefixes).
+        """
+        packed = PackedAttention.build(stream.cu_seqlens, self.causal if causal is None else causal, self.backend)
+        kwargs = dict(position_ids=stream.position_ids[None], use_cache=False, packed=packed)
+        if inject is None:
+            out = self.decoder()(input_ids=stream.input_ids[None], **kwargs)
+        else:
+            positions_P, vectors_PH = inject
+            embeds_TH = self.lm.get_input_embeddings()(stream.input_ids)
+            embeds_TH = embeds_TH.index_put((positions_P,), vectors_PH.to(embeds_TH.dtype))
+            out = self.decoder()(inputs_embeds=embeds_TH[None], **kwargs)
         return out.last_hidden_state[0]
 
-    def forward(self, stream: PackedStream) -> torch.Tensor:
-        """Pooled embeddings of the stream's texts: (S, H), in the model's dtype, not normalised."""
-        return pool(self.hidden_states(stream), stream, self.pooling)
+    def forward(self, stream: PackedStream, inject: tuple[torch.Tensor, torch.Tensor] | None = None,
+                causal: bool | None = None, return_hidden: bool = False) -> torch.Tensor:
+        """Pooled embeddings of the stream's texts: (S, H), in the model's dtype, not normalised; or,
+        with return_hidden, the (T, H) states. Objectives call this through the DeepSpeed engine."""
+        hidden_TH = self.hidden_states(stream, inject, causal)
+        return hidden_TH if return_hidden else pool(hidden_TH, stream, self.pooling)
+
+    def lm_head(self) -> nn.Module:
+        return self.lm.get_output_embeddings()
 
 
 def load_tokenizer(path: str):
@@ -80,11 +96,27 @@ def load_tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def resolve_weights(cfg: ModelConfig) -> str:
+    """model.init_from may name a weights folder or an earlier run (its final/ folder is used)."""
+    if not cfg.init_from:
+        return cfg.path
+    path = Path(cfg.init_from)
+    if (path / "final" / "config.json").is_file():
+        path = path / "final"
+    if (path / "adapter_config.json").is_file():
+        raise ValueError(f"model.init_from={cfg.init_from}: {path} holds a LoRA adapter, not full weights; "
+                         "start from its run's final_merged/ (run.save_merged: true) instead")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.init_from={cfg.init_from}: no config.json in {path} "
+                                "(expected a weights folder or a run directory with final/)")
+    return str(path)
+
+
 def build_model(cfg: ModelConfig, tokenizer, device: torch.device) -> EmbeddingModel:
     """Load the causal LM from a local folder, apply LoRA / checkpointing, pick the attention kernel."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    weights = cfg.init_from or cfg.path
+    weights = resolve_weights(cfg)
     if not Path(weights).is_dir():
         raise FileNotFoundError(f"model weights folder not found: {weights}")
     hf_config = AutoConfig.from_pretrained(weights)

@@ -16,6 +16,7 @@ Backward = Callable[[torch.Tensor, bool], None]
 class Objective:
     name = "base"
     uses_lm_head = False  # objectives that decode (reconstruction) set True; otherwise the head is frozen
+    uses_negatives = True  # False: the data's hard negatives are not read into batches
 
     def __init__(self, options, device: torch.device):
         self.options = options

@@ -1,0 +1,139 @@
+"""Bidirectional reconstruction, EBQ2D + EBD2Q (METHODS.md section 1; the Anchor Embedding stage I).
+
+Anchor pass: queries (with instruction) and positives are embedded as usual; the anchor of a text is
+its last-layer state at the final EOS (pooling `last`). Decoding pass: for Q2D each document is
+decoded from its query's anchor placed as ONE input embedding in front of the document's tokens;
+D2Q likewise for queries from document anchors. Same weights, causal, teacher forcing, packed.
+
+What is decoded and scored (the reference's mask bug is not reproduced): the target's whole
+formatted text as the embedder sees it (template, instruction for queries, content) is both attended
+and predicted; only the final EOS is not predicted. Inputs are [anchor, t_1 .. t_{n-2}] and labels
+t_1 .. t_{n-1}: every decoding position carries a label.
+
+Logits exist only for target positions, a chunk at a time under activation checkpointing, so neither
+a (B, T, V) tensor nor per-chunk logits are kept for backward.
+
+Loss: token mean over the GLOBAL batch per direction, L = w_q2d * L_Q2D + w_d2q * L_D2Q with
+(w_q2d, w_d2q) = (alpha, 1 - alpha); switching a direction off gives the other weight 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from embedtrain import distributed as D
+from embedtrain.data.batches import MicroBatch
+from embedtrain.data.packing import TokenizedText, pack_texts
+from embedtrain.objectives.base import Objective, embed_batch
+from embedtrain.objectives.registry import register
+
+
+@dataclass
+class ReconstructionOptions:
+    alpha: float = 0.2  # weight of Q2D (documents decoded from query anchors); D2Q gets 1 - alpha
+    q2d: bool = True
+    d2q: bool = True
+    logits_chunk: int = 1024  # target positions per LM-head chunk
+
+    def weights(self) -> tuple[float, float]:
+        if not self.q2d:
+            return 0.0, 1.0
+        if not self.d2q:
+            return 1.0, 0.0
+        return self.alpha, 1.0 - self.alpha
+
+    def validate(self, cfg):
+        if not 0.0 <= self.alpha <= 1.0:
+            return "objective.alpha", f"must be in [0, 1], got {self.alpha}"
+        if not (self.q2d or self.d2q):
+            return "objective.q2d", "q2d and d2q are both off: nothing to train"
+        if self.logits_chunk < 1:
+            return "objective.logits_chunk", f"must be >= 1, got {self.logits_chunk}"
+        if cfg.model.pooling != "last":
+            return "model.pooling", "reconstruction decodes from the anchor (the EOS state): set model.pooling: last"
+        if cfg.model.attention != "causal":
+            return "model.attention", "the anchor recipe embeds with causal attention; set model.attention: causal"
+        return None
+
+
+def _ce_sum(h_CH: torch.Tensor, y_C: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    return F.cross_entropy(head(h_CH).float(), y_C, reduction="sum")
+
+
+def chunked_ce_sum(h_NH: torch.Tensor, y_N: torch.Tensor, head: torch.nn.Module, chunk: int,
+                   n_chunks: int) -> torch.Tensor:
+    """Sum of token cross-entropies; logits (chunk, V) exist one chunk at a time, in backward too.
+    n_chunks may exceed what N needs (empty chunks): ranks must call the head equally often (ZeRO-3)."""
+    total = h_NH.new_zeros((), dtype=torch.float32)
+    for k in range(n_chunks):
+        sl = slice(k * chunk, (k + 1) * chunk)
+        total = total + checkpoint(_ce_sum, h_NH[sl], y_N[sl], head, use_reentrant=False)
+    return total
+
+
+def decoding_inputs(targets: list[TokenizedText]) -> tuple[list[TokenizedText], list[list[int]]]:
+    """Per target [anchor slot, t_1..t_{n-2}] (slot id is a placeholder) and labels t_1..t_{n-1}."""
+    inputs, labels = [], []
+    for t in targets:
+        inputs.append(TokenizedText([t.ids[0]] + t.ids[:-2], 0, t.truncated))
+        labels.append(t.ids[:-1])
+    return inputs, labels
+
+
+@register("reconstruction", ReconstructionOptions)
+class Reconstruction(Objective):
+    uses_lm_head = True
+    uses_negatives = False
+
+    def _direction(self, model, batch: MicroBatch, anchors_NH, targets: list[TokenizedText]):
+        """Sum of CE over one direction's targets on this rank, and the number of target tokens."""
+        inputs, labels = decoding_inputs(targets)
+        streams = pack_texts(inputs, batch.max_tokens, batch.pad_id, batch.pad_multiple)
+        if D.world_size() > 1:  # equal forward count on every rank (ZeRO-3 gathers per call)
+            n = max(D.all_gather_ints(len(streams), self.device))
+            streams = pack_texts(inputs, batch.max_tokens, batch.pad_id, batch.pad_multiple, min_streams=n)
+        per_stream = []
+        for s in streams:
+            y_T = torch.full((s.num_tokens,), -100, dtype=torch.long)
+            for seg, text_id in enumerate(s.text_ids):
+                a = int(s.cu_seqlens[seg])
+                y_T[a:a + len(labels[text_id])] = torch.tensor(labels[text_id])
+            per_stream.append((s, y_T))
+        counts = [int((y != -100).sum()) for _, y in per_stream]
+        n_chunks = [math.ceil(c / self.options.logits_chunk) for c in counts]
+        if D.world_size() > 1:
+            n_chunks = D.all_reduce_max_ints(n_chunks, self.device)
+        head = model.module.lm_head() if hasattr(model, "module") else model.lm_head()
+        total = anchors_NH.new_zeros((), dtype=torch.float32)
+        for (s, y_T), k in zip(per_stream, n_chunks):
+            s = s.to(self.device)
+            y_T = y_T.to(self.device)
+            slots_S = s.cu_seqlens[:len(s.text_ids)].long()
+            vectors = anchors_NH[torch.tensor(s.text_ids, device=self.device)]
+            hidden_TH = model(s, inject=(slots_S, vectors), causal=True, return_hidden=True)
+            mask_T = y_T != -100
+            total = total + chunked_ce_sum(hidden_TH[mask_T], y_T[mask_T], head, self.options.logits_chunk, k)
+        return total, sum(counts)
+
+    def loss(self, model, batch: MicroBatch):
+        q = batch.num_queries
+        anchors = embed_batch(model, batch, self.device)  # (2Q, H): query anchors, then document anchors
+        w_q2d, w_d2q = self.options.weights()
+        sums, counts = {}, {}
+        if w_q2d:
+            sums["q2d"], counts["q2d"] = self._direction(model, batch, anchors[:q], batch.texts[q:2 * q])
+        if w_d2q:
+            sums["d2q"], counts["d2q"] = self._direction(model, batch, anchors[q:2 * q], batch.texts[:q])
+        glob = D.all_reduce_sum({k: float(v) for k, v in counts.items()}, self.device)
+        world = D.world_size()  # DeepSpeed averages gradients over ranks; the global mean needs x world
+        weight = {"q2d": w_q2d, "d2q": w_d2q}
+        loss = sum(weight[k] * sums[k] * world / glob[k] for k in sums)
+        parts = D.all_reduce_sum({k: float(v.detach()) for k, v in sums.items()}, self.device)
+        metrics = {f"loss_{k}": parts[k] / glob[k] for k in sums}
+        metrics["loss"] = sum(weight[k] * metrics[f"loss_{k}"] for k in sums)
+        metrics["target_tokens"] = sum(glob.values())
+        return loss, metrics
