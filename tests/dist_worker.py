@@ -37,6 +37,8 @@ TRAJ = {  # name -> overrides; 10 optimizer steps through the real trainer
     "z0_accum": ["deepspeed.zero_stage=0", "train.grad_accum=2", "train.batch_size=4"],
     "z2_accum": ["deepspeed.zero_stage=2", "train.grad_accum=2", "train.batch_size=4"],
     "recon_z0": ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16"],
+    "recon_micro": ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16",
+                    "train.micro_batch_per_rank=2", "deepspeed.zero_stage=2"],
     "recon_z3": ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16",
                  "deepspeed.zero_stage=3"],
 }

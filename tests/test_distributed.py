@@ -22,7 +22,7 @@ from embedtrain.tiny import make_tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "quickstart" / "data" / "train.jsonl"
 SCENARIOS = ("grad_plain,grad_cache,grad_symmetric,z0,z1,z2,z3,z3_offload,z2_gradcache,z3_gradcache,z0_accum,"
-             "z2_accum,recon_z0,recon_z3,resume")
+             "z2_accum,recon_z0,recon_z3,recon_micro,resume")
 
 
 def _env():
@@ -131,12 +131,15 @@ def test_reconstruction_zero3_equals_zero0(world2):
 @pytest.mark.parametrize("objective, scenario, sets", [
     ("infonce", "z0", []),
     ("reconstruction", "recon_z0", ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16"]),
+    # Same global batch of 8 on 1 rank (4 per micro-step) as on 2 ranks (2 each): accumulation derived.
+    ("reconstruction", "recon_micro", ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16",
+                                       "train.micro_batch_per_rank=4"]),
 ])
 def test_world2_trajectory_equals_plain_process(setup, world2, objective, scenario, sets):
     """The same recipe as a plain `embedtrain train` process (world size 1) follows the same losses:
     gathered negatives (infonce) and the global token mean (reconstruction) are exact across ranks."""
     root, recipe = setup
-    out = root / f"plain_{objective}"
+    out = root / f"plain_{scenario}"
     cmd = [sys.executable, "-m", "embedtrain", "train", str(recipe), "--set", f"run.output_dir={out}"]
     for item in sets:
         cmd += ["--set", item]

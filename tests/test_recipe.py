@@ -75,6 +75,7 @@ def test_unknown_section_and_objective_option(base):
     ("train.warmup_steps=1000", r"train\.warmup_steps: \(1000\) exceeds train\.steps"),
     ("objective.temperature=0", r"objective\.temperature: must be > 0"),
     ("model.attn_backend=flash_attn", r"flash_attn needs model\.dtype bfloat16"),
+    ("train.micro_batch_per_rank=2", r"splitting a batch changes the infonce loss"),
     ("model.family=qwen", r"unknown family 'qwen'; did you mean 'qwen[23]'"),
 ])
 def test_wrong_types_and_impossible_combinations(base, override, message):
@@ -90,6 +91,12 @@ def test_ds_config_filled_from_recipe_and_never_twice(base, tmp_path):
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (8, 3, 48)
     assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": False}
     with pytest.raises(ValueError, match="not divisible by the world size 3"):
+        build_ds_config(cfg, world_size=3)
+    cfg, _ = load_recipe(base / "base.yaml", ["train.objective=reconstruction", "train.micro_batch_per_rank=2",
+                                             "model.pooling=last"])
+    ds = build_ds_config(cfg, world_size=4)  # batch 16 = 2 per rank x 4 ranks x 2 accumulation
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (2, 2, 16)
+    with pytest.raises(ValueError, match="not a multiple of train.micro_batch_per_rank x world size = 2 x 3"):
         build_ds_config(cfg, world_size=3)
     own = tmp_path / "mine.json"
     own.write_text(json.dumps({"zero_optimization": {"stage": 1}, "gradient_clipping": 1.0}))

@@ -64,6 +64,9 @@ class TrainConfig:
     objective: str = "infonce"
     batch_size: int = 32  # examples (queries) per global micro-batch, all ranks together
     grad_accum: int = 1
+    # Keep batch_size at any GPU count: examples per rank per micro-step; grad_accum is then derived
+    # (batch_size / (micro_batch_per_rank * world)). Only for objectives whose examples don't interact.
+    micro_batch_per_rank: Optional[int] = None
     steps: int = 100  # optimizer steps
     lr: float = 2e-4
     weight_decay: float = 0.0

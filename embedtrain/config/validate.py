@@ -76,6 +76,17 @@ def validate_recipe(cfg: RecipeConfig, origin: dict) -> None:
         _fail(origin, "model.lora", f"needs r >= 1, alpha >= 1, 0 <= dropout < 1; got {lora}")
     if cfg.run.checkpoint_every < 0 or cfg.run.keep_checkpoints < 0:
         _fail(origin, "run.checkpoint_every", "checkpoint_every and keep_checkpoints must be >= 0")
+    if t.micro_batch_per_rank is not None:
+        from embedtrain.objectives.registry import get_objective
+
+        if t.micro_batch_per_rank < 1:
+            _fail(origin, "train.micro_batch_per_rank", f"must be >= 1, got {t.micro_batch_per_rank}")
+        if t.grad_accum != 1:
+            _fail(origin, "train.micro_batch_per_rank", "derives train.grad_accum; remove one of the two")
+        if not get_objective(t.objective)[0].splittable:
+            _fail(origin, "train.micro_batch_per_rank",
+                  f"splitting a batch changes the {t.objective} loss (in-batch negatives); keep the global "
+                  "contrastive batch with objective.grad_cache: true and data.max_tokens_per_batch instead")
     options = objective_options(cfg, origin)
     check = getattr(options, "validate", None)
     if check is not None:

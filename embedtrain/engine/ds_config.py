@@ -18,6 +18,21 @@ def ds_config_path(cfg: RecipeConfig) -> Path:
     return DS_CONFIG_DIR / name
 
 
+def batch_plan(cfg: RecipeConfig, world_size: int) -> tuple[int, int]:
+    """(examples per global micro-batch, micro-batches per optimizer step)."""
+    t = cfg.train
+    if t.micro_batch_per_rank is None:
+        if t.batch_size % world_size:
+            raise ValueError(f"train.batch_size={t.batch_size} is not divisible by the world size "
+                             f"{world_size}: every rank needs the same number of examples")
+        return t.batch_size, t.grad_accum
+    micro_global = t.micro_batch_per_rank * world_size
+    if t.batch_size % micro_global:
+        raise ValueError(f"train.batch_size={t.batch_size} is not a multiple of train.micro_batch_per_rank x "
+                         f"world size = {t.micro_batch_per_rank} x {world_size}; pick sizes that divide")
+    return micro_global, t.batch_size // micro_global
+
+
 def build_ds_config(cfg: RecipeConfig, world_size: int) -> dict:
     path = ds_config_path(cfg)
     if not path.is_file():
@@ -34,14 +49,12 @@ def build_ds_config(cfg: RecipeConfig, world_size: int) -> dict:
     if zero.get("stage", 0) < 2 and zero.get("overlap_comm"):
         raise ValueError(f"{path}: zero_optimization.overlap_comm needs ZeRO stage 2 or 3 here (embedtrain drives "
                          "gradient accumulation itself, so gradients are reduced in step()); remove it")
-    if cfg.train.batch_size % world_size:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is not divisible by the world size "
-                         f"{world_size}: every rank needs the same number of examples")
-    micro = cfg.train.batch_size // world_size
+    micro_global, gas = batch_plan(cfg, world_size)
+    micro = micro_global // world_size
     ds.update(
         train_micro_batch_size_per_gpu=micro,
-        gradient_accumulation_steps=cfg.train.grad_accum,
-        train_batch_size=micro * cfg.train.grad_accum * world_size,
+        gradient_accumulation_steps=gas,
+        train_batch_size=micro * gas * world_size,
         gradient_clipping=cfg.train.grad_clip,
         bf16={"enabled": cfg.model.dtype == "bfloat16"},
         managed_gradient_accumulation=False,

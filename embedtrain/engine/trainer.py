@@ -17,7 +17,7 @@ from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, rank_slice
 from embedtrain.data.jsonl import build_index
 from embedtrain.data.packing import TextTokenizer
 from embedtrain.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from embedtrain.engine.ds_config import build_ds_config
+from embedtrain.engine.ds_config import batch_plan, build_ds_config
 from embedtrain.engine.final import save_final
 from embedtrain.engine.metrics import MetricsLogger, peak_memory_gb
 from embedtrain.engine.schedule import build_optimizer, build_scheduler
@@ -72,12 +72,16 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     options = objective_options(cfg, origin)
     ds_config = build_ds_config(cfg, world)
     index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
-    order = BatchOrder(index, cfg.train.batch_size, cfg.run.seed, cfg.data.same_task_batches)
+    # One optimizer step = one same-task block of micro_global * gas examples, split into gas micro-batches;
+    # the examples of a step do not depend on the world size.
+    micro_global, gas = batch_plan(cfg, world)
+    order = BatchOrder(index, micro_global * gas, cfg.run.seed, cfg.data.same_task_batches)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-        log.info("run dir %s; %d examples in %d task(s), %d global batches/epoch, world size %d",
-                 run_dir, len(index), len(index.tasks), order.batches_per_epoch, world)
+        log.info("run dir %s; %d examples in %d task(s), %d steps/epoch; world size %d, %d examples per "
+                 "micro-step (%d per rank) x %d accumulation", run_dir, len(index), len(index.tasks),
+                 order.batches_per_epoch, world, micro_global, micro_global // world, gas)
 
     torch.manual_seed(cfg.run.seed)  # identical initial weights (LoRA) on every rank
     tokenizer = load_tokenizer(cfg.model.path)
@@ -108,7 +112,6 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         torch.manual_seed(cfg.run.seed + rank)  # dropout differs between ranks
     before = _run_eval(engine.module, text_tok, builder, cfg, device, "before") if start == 0 else None
 
-    gas = cfg.train.grad_accum
     metrics_log = MetricsLogger(run_dir, cfg.train.steps, start, cfg.run.log_every, rank == 0,
                                 cfg.run.progress_bar)
     engine.train()
@@ -118,7 +121,8 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         sums = {"real_tokens": 0.0, "computed_tokens": 0.0, "truncated": 0.0}
         acc: dict[str, float] = {}
         for m in range(gas):
-            batch = builder.build(rank_slice(order.global_batch_ids(step * gas + m), rank, world))
+            micro_ids = order.global_batch_ids(step)[m * micro_global:(m + 1) * micro_global]
+            batch = builder.build(rank_slice(micro_ids, rank, world))
             if world > 1:  # same number of passes on every rank (ZeRO-3 gathers, ZeRO-2 reductions)
                 batch = builder.repack(batch, max(D.all_gather_ints(len(batch.streams), device)))
             sums["real_tokens"] += batch.real_tokens
@@ -142,7 +146,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         done = step + 1 == cfg.train.steps
         stop = step + 1 == cfg.run.stop_at_step
         if done or stop or (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0):
-            save_checkpoint(engine, ckpt_root, step + 1, {"micro_batches": (step + 1) * gas, "seed": cfg.run.seed},
+            save_checkpoint(engine, ckpt_root, step + 1, {"seed": cfg.run.seed},
                             cfg.run.keep_checkpoints, device)
         if stop and not done:
             metrics_log.close()

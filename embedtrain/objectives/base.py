@@ -17,6 +17,9 @@ class Objective:
     name = "base"
     uses_lm_head = False  # objectives that decode (reconstruction) set True; otherwise the head is frozen
     uses_negatives = True  # False: the data's hard negatives are not read into batches
+    # True when splitting a batch into accumulated micro-batches leaves the loss unchanged (no in-batch
+    # interaction between examples): train.micro_batch_per_rank may then derive grad_accum.
+    splittable = False
 
     def __init__(self, options, device: torch.device):
         self.options = options

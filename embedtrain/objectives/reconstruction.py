@@ -88,6 +88,7 @@ def decoding_inputs(targets: list[TokenizedText]) -> tuple[list[TokenizedText], 
 class Reconstruction(Objective):
     uses_lm_head = True
     uses_negatives = False
+    splittable = True
 
     def _direction(self, model, batch: MicroBatch, anchors_NH, targets: list[TokenizedText]):
         """Sum of CE over one direction's targets on this rank, and the number of target tokens."""
