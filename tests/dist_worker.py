@@ -23,8 +23,8 @@ from embedtrain.objectives.registry import get_objective
 
 GRADS = {  # name -> recipe overrides; one optimizer step on 8 examples split over the ranks
     "grad_plain": [],
-    "grad_cache": ["objective.grad_cache=true", "data.max_tokens_per_batch=160"],
-    "grad_symmetric": ["objective.symmetric=true"],
+    "grad_cache": ["objective.infonce.grad_cache=true", "data.max_tokens_per_batch=160"],
+    "grad_symmetric": ["objective.infonce.symmetric=true"],
 }
 TRAJ = {  # name -> overrides; 10 optimizer steps through the real trainer
     "z0": ["deepspeed.zero_stage=0"],
@@ -32,14 +32,14 @@ TRAJ = {  # name -> overrides; 10 optimizer steps through the real trainer
     "z2": ["deepspeed.zero_stage=2"],
     "z3": ["deepspeed.zero_stage=3"],
     "z3_offload": ["deepspeed.zero_stage=3", "deepspeed.offload=true"],
-    "z2_gradcache": ["deepspeed.zero_stage=2", "objective.grad_cache=true", "data.max_tokens_per_batch=160"],
-    "z3_gradcache": ["deepspeed.zero_stage=3", "objective.grad_cache=true", "data.max_tokens_per_batch=160"],
+    "z2_gradcache": ["deepspeed.zero_stage=2", "objective.infonce.grad_cache=true", "data.max_tokens_per_batch=160"],
+    "z3_gradcache": ["deepspeed.zero_stage=3", "objective.infonce.grad_cache=true", "data.max_tokens_per_batch=160"],
     "z0_accum": ["deepspeed.zero_stage=0", "train.grad_accum=2", "train.batch_size=4"],
     "z2_accum": ["deepspeed.zero_stage=2", "train.grad_accum=2", "train.batch_size=4"],
-    "recon_z0": ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16"],
-    "recon_micro": ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16",
+    "recon_z0": ["train.objective=reconstruction", "objective.reconstruction.logits_chunk=16"],
+    "recon_micro": ["train.objective=reconstruction", "objective.reconstruction.logits_chunk=16",
                     "train.micro_batch_per_rank=2", "deepspeed.zero_stage=2"],
-    "recon_z3": ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16",
+    "recon_z3": ["train.objective=reconstruction", "objective.reconstruction.logits_chunk=16",
                  "deepspeed.zero_stage=3"],
 }
 RESUME = ["deepspeed.zero_stage=3", "model.lora.enabled=true", "model.lora.dropout=0.1", "train.lr=1e-2"]

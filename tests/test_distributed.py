@@ -48,7 +48,7 @@ data:
   max_tokens_per_batch: 2048
   instructions: {{wordnet_def2lemma: Retrieve the word}}
 train: {{batch_size: 8, steps: 10, lr: 1.0e-3, warmup_steps: 2, grad_clip: 1.0}}
-objective: {{temperature: 0.05}}
+objective: {{infonce: {{temperature: 0.05}}}}
 """)
     return root, recipe
 
@@ -86,10 +86,10 @@ def _reference_loss_and_grads(recipe, overrides=()):
     q = torch.stack([emb(i) for i in q_ids])
     p = torch.stack([emb(i) for i in p_ids])
     cand = torch.cat([p, torch.stack([emb(i) for i in n_ids])])
-    tau = cfg.objective.get("temperature", 0.02)
+    tau = cfg.objective.get("infonce", {}).get("temperature", 0.02)
     labels = torch.arange(8)
     loss = F.cross_entropy(q @ cand.T / tau, labels)
-    if cfg.objective.get("symmetric"):
+    if cfg.objective.get("infonce", {}).get("symmetric"):
         loss = (loss + F.cross_entropy(p @ q.T / tau, labels)) / 2
     loss.backward()
     grads = {f"lm.{n}": prm.grad for n, prm in model.named_parameters() if prm.grad is not None}
@@ -97,7 +97,7 @@ def _reference_loss_and_grads(recipe, overrides=()):
 
 
 @pytest.mark.parametrize("name, overrides", [("grad_plain", []), ("grad_cache", []),
-                                             ("grad_symmetric", ["objective.symmetric=true"])])
+                                             ("grad_symmetric", ["objective.infonce.symmetric=true"])])
 def test_world2_gathered_infonce_equals_one_process(setup, world2, name, overrides):
     out, results = world2
     ref_loss, ref_grads = _reference_loss_and_grads(setup[1], overrides)
@@ -130,9 +130,9 @@ def test_reconstruction_zero3_equals_zero0(world2):
 
 @pytest.mark.parametrize("objective, scenario, sets", [
     ("infonce", "z0", []),
-    ("reconstruction", "recon_z0", ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16"]),
+    ("reconstruction", "recon_z0", ["train.objective=reconstruction", "objective.reconstruction.logits_chunk=16"]),
     # Same global batch of 8 on 1 rank (4 per micro-step) as on 2 ranks (2 each): accumulation derived.
-    ("reconstruction", "recon_micro", ["train.objective=reconstruction", "objective={}", "objective.logits_chunk=16",
+    ("reconstruction", "recon_micro", ["train.objective=reconstruction", "objective.reconstruction.logits_chunk=16",
                                        "train.micro_batch_per_rank=4"]),
 ])
 def test_world2_trajectory_equals_plain_process(setup, world2, objective, scenario, sets):

@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from embedtrain.config.loader import RecipeError, load_recipe
-from embedtrain.engine.ds_config import build_ds_config
+from embedtrain.engine.ds_config import batch_plan, build_ds_config
 
 
 def write(path, text):
@@ -27,7 +27,7 @@ def test_base_inheritance_and_overrides(base):
     child = write(base / "child.yaml", """
         base: base.yaml
         train: {batch_size: 32}
-        objective: {temperature: 0.05}
+        objective: {infonce: {temperature: 0.05}}
     """)
     cfg, origin = load_recipe(child, ["train.lr=3e-4", "model.lora.enabled=true", "data.instructions.nq=Find it"])
     assert cfg.model.pooling == "mean" and cfg.data.max_length == 256  # from base
@@ -57,8 +57,15 @@ def test_unknown_section_and_objective_option(base):
     child = write(base / "c.yaml", "base: base.yaml\ntrian: {lr: 1}\n")
     with pytest.raises(RecipeError, match="unknown key `trian`; did you mean `train`"):
         load_recipe(child)
-    child = write(base / "c.yaml", "base: base.yaml\nobjective: {temprature: 0.1}\n")
-    with pytest.raises(RecipeError, match="`objective.temprature`; did you mean `objective.temperature`"):
+    child = write(base / "c.yaml", "base: base.yaml\nobjective: {infonce: {temprature: 0.1}}\n")
+    with pytest.raises(RecipeError, match="`objective.infonce.temprature`; did you mean `objective.infonce.temperature`"):
+        load_recipe(child)
+    # Options of another objective are checked too (a base may carry both stages' options) ...
+    child = write(base / "c.yaml", "base: base.yaml\nobjective: {reconstruction: {alfa: 0.1}}\n")
+    with pytest.raises(RecipeError, match="`objective.reconstruction.alfa`; did you mean `objective.reconstruction.alpha`"):
+        load_recipe(child)
+    child = write(base / "c.yaml", "base: base.yaml\nobjective: {infonse: {temperature: 0.1}}\n")
+    with pytest.raises(RecipeError, match="objective.infonse: unknown objective 'infonse'; did you mean 'infonce'"):
         load_recipe(child)
     with pytest.raises(RecipeError, match="unknown objective 'infonse'; did you mean 'infonce'"):
         load_recipe(base / "base.yaml", ["train.objective=infonse"])
@@ -73,7 +80,7 @@ def test_unknown_section_and_objective_option(base):
     ("deepspeed.offload=true", r"deepspeed\.offload: CPU offload is set up for ZeRO-3 only"),
     ("data.max_tokens_per_batch=100", r"must be >= data\.max_length \(256\)"),
     ("train.warmup_steps=1000", r"train\.warmup_steps: \(1000\) exceeds train\.steps"),
-    ("objective.temperature=0", r"objective\.temperature: must be > 0"),
+    ("objective.infonce.temperature=0", r"objective\.infonce\.temperature: must be > 0"),
     ("model.attn_backend=flash_attn", r"flash_attn needs model\.dtype bfloat16"),
     ("train.micro_batch_per_rank=2", r"splitting a batch changes the infonce loss"),
     ("model.family=qwen", r"unknown family 'qwen'; did you mean 'qwen[23]'"),
@@ -112,10 +119,44 @@ def test_every_shipped_recipe_and_ds_config_loads():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    recipes = sorted((root / "recipes").rglob("*.yaml"))
-    assert recipes, "no recipes shipped"
+    recipes = sorted(r for r in (root / "recipes").rglob("*.yaml") if not r.name.startswith("_"))
+    assert len(recipes) >= 25, "recipes missing"
     for r in recipes:
         cfg, _ = load_recipe(r)
         for stage in (0, 1, 2, 3):
             cfg.deepspeed.zero_stage = stage
             assert build_ds_config(cfg, 1)["zero_optimization"]["stage"] == stage
+
+
+PAPER = {  # METHODS.md sections 1-2: stage I global batch, stage II global contrastive batch
+    "llama-3.2-1b": (512, 1024), "llama-3.2-3b": (1024, 512), "llama-3.1-8b": (512, 256), "qwen2.5-1.5b": (1024, 1024)}
+
+
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "qwen2.5-1.5b", "qwen3-0.6b",
+                                  "qwen3-4b", "qwen3-8b", "mistral-7b"])
+def test_anchor_recipes_carry_the_published_settings(name):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "recipes" / "anchor" / name
+    s1, _ = load_recipe(root / "stage1.yaml")
+    s2, _ = load_recipe(root / "stage2.yaml")
+    base, _ = load_recipe(root / "baseline.yaml")
+    assert s1.train.objective == "reconstruction" and s1.objective["reconstruction"]["alpha"] == 0.2 and not s1.model.lora.enabled
+    assert (s1.train.lr, s1.train.warmup_steps, s1.train.steps, s1.train.schedule) == (4e-5, 300, 2000, "linear")
+    for c in (s1, s2, base):
+        assert (c.data.max_length, c.model.dtype, c.model.gradient_checkpointing, c.run.seed) == (512, "bfloat16", True, 42)
+        assert c.model.pooling == "last" and len(c.data.train) == 14 and len(c.data.instructions) == 14
+    for c in (s2, base):
+        lora = c.model.lora
+        assert (lora.enabled, lora.r, lora.alpha, lora.dropout, lora.target_modules) == (True, 16, 32, 0.05, None)
+        assert (c.train.objective, c.train.lr, c.train.warmup_steps, c.objective["infonce"]["temperature"]) == ("infonce", 2e-4, 300, 0.02)
+        assert c.train.batch_size == s2.train.batch_size and c.model.path == s1.model.path
+    assert s2.model.init_from == s1.run.output_dir and base.model.init_from is None
+    if name in PAPER:
+        assert (s1.train.batch_size, s2.train.batch_size) == PAPER[name]
+    for gpus in (1, 2, 4, 8):  # the global batch holds at any of these GPU counts
+        micro, gas = batch_plan(s1, gpus)
+        assert micro * gas == s1.train.batch_size
+        assert batch_plan(s2, gpus) == (s2.train.batch_size, 1)
+    big = "8b" in name or "7b" in name
+    assert s1.deepspeed.zero_stage == (3 if big else 2)  # full fine-tuning state fits 8 x 80 GB

@@ -100,6 +100,8 @@ class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    objective: dict[str, Any] = field(default_factory=dict)  # validated by the objective's own schema
+    # objective name -> its options, e.g. {infonce: {temperature: 0.02}}; each block is validated by
+    # that objective's own schema, the one named by train.objective is used.
+    objective: dict[str, Any] = field(default_factory=dict)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

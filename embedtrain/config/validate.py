@@ -13,19 +13,28 @@ def _fail(origin: dict, key: str, message: str):
 
 
 def objective_options(cfg: RecipeConfig, origin: dict):
-    """Typed options of the chosen objective, built from the recipe's `objective:` section."""
+    """Typed options of the chosen objective, from `objective.<name>:`. Every block present is checked
+    against its objective's schema (a base recipe may carry options for several objectives)."""
     from embedtrain.config.loader import build_dataclass
     from embedtrain.objectives.registry import get_objective, objective_names
 
-    name = cfg.train.objective
-    try:
-        _, options_cls = get_objective(name)
-    except KeyError:
-        names = objective_names()
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        _fail(origin, "train.objective", f"unknown objective {name!r}; {hint}registered: {', '.join(names)}")
-    return build_dataclass(options_cls, cfg.objective, origin, "objective.")
+    def lookup(name: str, key: str):
+        try:
+            return get_objective(name)[1]
+        except KeyError:
+            names = objective_names()
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            _fail(origin, key, f"unknown objective {name!r}; {hint}registered: {', '.join(names)}")
+
+    chosen_cls = lookup(cfg.train.objective, "train.objective")
+    built = {}
+    for name, block in cfg.objective.items():
+        options_cls = lookup(name, f"objective.{name}")
+        if block is not None and not isinstance(block, dict):
+            _fail(origin, f"objective.{name}", f"must be a mapping of {name} options, got {block!r}")
+        built[name] = build_dataclass(options_cls, block or {}, origin, f"objective.{name}.")
+    return built.get(cfg.train.objective) or chosen_cls()
 
 
 def validate_recipe(cfg: RecipeConfig, origin: dict) -> None:

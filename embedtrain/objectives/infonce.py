@@ -27,7 +27,7 @@ class InfoNCEOptions:
 
     def validate(self, cfg):
         if not self.temperature > 0:
-            return "objective.temperature", f"must be > 0, got {self.temperature}"
+            return "objective.infonce.temperature", f"must be > 0, got {self.temperature}"
         return None
 
 

@@ -48,11 +48,11 @@ class ReconstructionOptions:
 
     def validate(self, cfg):
         if not 0.0 <= self.alpha <= 1.0:
-            return "objective.alpha", f"must be in [0, 1], got {self.alpha}"
+            return "objective.reconstruction.alpha", f"must be in [0, 1], got {self.alpha}"
         if not (self.q2d or self.d2q):
-            return "objective.q2d", "q2d and d2q are both off: nothing to train"
+            return "objective.reconstruction.q2d", "q2d and d2q are both off: nothing to train"
         if self.logits_chunk < 1:
-            return "objective.logits_chunk", f"must be >= 1, got {self.logits_chunk}"
+            return "objective.reconstruction.logits_chunk", f"must be >= 1, got {self.logits_chunk}"
         if cfg.model.pooling != "last":
             return "model.pooling", "reconstruction decodes from the anchor (the EOS state): set model.pooling: last"
         if cfg.model.attention != "causal":
