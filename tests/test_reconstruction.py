@@ -86,3 +86,30 @@ def test_anchor_conditions_the_decoding(tiny_models):
     perturbed, _ = objective._direction(model, batch, anchors + 0.5 * torch.randn_like(anchors), targets)
     zeros, _ = objective._direction(model, batch, torch.zeros_like(anchors), targets)
     assert abs(base - perturbed) > 1e-3 and abs(base - zeros) > 1e-3
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_fused_and_checkpointed_chunking_equal_full_logits(chunk):
+    """Both chunked paths (fused for plain weights, checkpointed module calls for ZeRO-3) == full logits."""
+    from embedtrain.objectives import reconstruction as R
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    h = torch.randn(23, 16, requires_grad=True)
+    y = torch.randint(0, 50, (23,))
+    results = []
+    for mode in ("full", "fused", "checkpointed"):
+        h.grad = head.weight.grad = None
+        if mode == "full":
+            loss = F.cross_entropy(head(h), y, reduction="sum")
+        elif mode == "fused":
+            loss = R.chunked_ce_sum(h, y, head, chunk, n_chunks=0)
+        else:
+            head.weight.ds_id = 0  # looks ZeRO-3 partitioned: the module-call path
+            loss = R.chunked_ce_sum(h, y, head, chunk, n_chunks=-(-23 // chunk) + 1)  # one empty chunk too
+            del head.weight.ds_id
+        (2.5 * loss).backward()
+        results.append((loss.detach(), h.grad.clone(), head.weight.grad.clone()))
+    for loss, gh, gw in results[1:]:
+        assert torch.allclose(loss, results[0][0], atol=1e-4)
+        assert (gh - results[0][1]).abs().max() <= 1e-5 and (gw - results[0][2]).abs().max() <= 1e-5

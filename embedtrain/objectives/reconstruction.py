@@ -10,8 +10,8 @@ formatted text as the embedder sees it (template, instruction for queries, conte
 and predicted; only the final EOS is not predicted. Inputs are [anchor, t_1 .. t_{n-2}] and labels
 t_1 .. t_{n-1}: every decoding position carries a label.
 
-Logits exist only for target positions, a chunk at a time under activation checkpointing, so neither
-a (B, T, V) tensor nor per-chunk logits are kept for backward.
+Logits exist only for target positions, a chunk at a time: neither a (B, T, V) tensor nor per-chunk
+logits are kept for backward (fused linear + cross-entropy; see chunked_ce_sum).
 
 Loss: token mean over the GLOBAL batch per direction, L = w_q2d * L_Q2D + w_d2q * L_D2Q with
 (w_q2d, w_d2q) = (alpha, 1 - alpha); switching a direction off gives the other weight 1.
@@ -60,6 +60,35 @@ class ReconstructionOptions:
         return None
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropies of (h @ W^T) without keeping logits: each chunk's gradients w.r.t. h and W
+    are formed in the forward pass (softmax - onehot), so backward only scales them. Same matmul count
+    as materialising full logits, one (chunk, V) block alive at a time, one fp32 (V, H) gradient."""
+
+    @staticmethod
+    def forward(ctx, h_NH, w_VH, y_N, chunk: int):
+        grad_h_NH = torch.empty_like(h_NH)
+        grad_w_VH = torch.zeros(w_VH.shape, dtype=torch.float32, device=w_VH.device)
+        total = torch.zeros((), dtype=torch.float32, device=h_NH.device)
+        for start in range(0, h_NH.shape[0], chunk):
+            h_CH, y_C = h_NH[start:start + chunk], y_N[start:start + chunk]
+            logits_CV = (h_CH @ w_VH.T).float()
+            lse_C = torch.logsumexp(logits_CV, dim=-1)
+            total += (lse_C - logits_CV.gather(1, y_C[:, None])[:, 0]).sum()
+            probs_CV = logits_CV.sub_(lse_C[:, None]).exp_()
+            probs_CV[torch.arange(len(y_C), device=y_C.device), y_C] -= 1.0  # d(CE)/d(logits)
+            grad_h_NH[start:start + chunk] = (probs_CV.to(w_VH.dtype) @ w_VH).to(h_NH.dtype)
+            grad_w_VH.addmm_(probs_CV.T, h_CH.float())
+        ctx.save_for_backward(grad_h_NH, grad_w_VH)
+        ctx.w_dtype = w_VH.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_h_NH, grad_w_VH = ctx.saved_tensors
+        return grad_h_NH * grad_total, (grad_w_VH * grad_total).to(ctx.w_dtype), None, None
+
+
 def _ce_sum(h_CH: torch.Tensor, y_C: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
     return F.cross_entropy(head(h_CH).float(), y_C, reduction="sum")
 
@@ -67,7 +96,13 @@ def _ce_sum(h_CH: torch.Tensor, y_C: torch.Tensor, head: torch.nn.Module) -> tor
 def chunked_ce_sum(h_NH: torch.Tensor, y_N: torch.Tensor, head: torch.nn.Module, chunk: int,
                    n_chunks: int) -> torch.Tensor:
     """Sum of token cross-entropies; logits (chunk, V) exist one chunk at a time, in backward too.
-    n_chunks may exceed what N needs (empty chunks): ranks must call the head equally often (ZeRO-3)."""
+
+    A plain head weight takes the fused path above. A ZeRO-3 partitioned weight is only whole inside
+    the head's own forward, so there each chunk calls the module under activation checkpointing
+    (recomputed in backward), n_chunks times: ranks must call a partitioned module equally often.
+    """
+    if getattr(head, "bias", None) is None and not hasattr(head.weight, "ds_id"):
+        return _LinearCrossEntropy.apply(h_NH, head.weight, y_N, chunk)
     total = h_NH.new_zeros((), dtype=torch.float32)
     for k in range(n_chunks):
         sl = slice(k * chunk, (k + 1) * chunk)

