@@ -86,7 +86,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total):
         grad_h_NH, grad_w_VH = ctx.saved_tensors
-        return grad_h_NH * grad_total, (grad_w_VH * grad_total).to(ctx.w_dtype), None, None
+        # In place: these buffers exist only for this backward, and a copy of a (V, H) gradient is large.
+        return grad_h_NH.mul_(grad_total), grad_w_VH.mul_(grad_total).to(ctx.w_dtype), None, None
 
 
 def _ce_sum(h_CH: torch.Tensor, y_C: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
