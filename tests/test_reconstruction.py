@@ -113,3 +113,24 @@ def test_fused_and_checkpointed_chunking_equal_full_logits(chunk):
     for loss, gh, gw in results[1:]:
         assert torch.allclose(loss, results[0][0], atol=1e-4)
         assert (gh - results[0][1]).abs().max() <= 1e-5 and (gw - results[0][2]).abs().max() <= 1e-5
+
+
+def test_truncated_text_keeps_eos_as_anchor_and_decoding_target(tiny_models):
+    from embedtrain.data.jsonl import Example
+
+    path = tiny_models["llama3"]
+    tok = load_tokenizer(str(path))
+    model = build_model(ModelConfig(path=str(path), family="llama3"), tok, torch.device("cpu"))
+    text_tok = TextTokenizer(tok, model.family, 48, "Instruct: {instruction}\nQuery: ")
+    builder = MicroBatchBuilder(build_index([str(DATA)]), text_tok, 512, 1, {}, "Find", max_negatives=0)
+    long_text = "a very long passage " * 100
+    batch = builder.from_examples([Example(long_text, long_text, [], "t", None), Example("q", "d", [], "t", None)])
+    eos = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert batch.truncated == 2 and all(len(t.ids) <= 48 and t.ids[-1] == eos for t in batch.texts)
+    for s in batch.streams:  # the anchor (last-token pooling) reads exactly the EOS position
+        assert (s.input_ids[s.last_index] == eos).all()
+    from embedtrain.objectives.reconstruction import decoding_inputs
+
+    inputs, labels = decoding_inputs(batch.texts)
+    for t, i, y in zip(batch.texts, inputs, labels):  # EOS is neither decoded input nor label
+        assert y == t.ids[:-1] and i.ids[1:] == t.ids[:-2] and len(i.ids) == len(y)
