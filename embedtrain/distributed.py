@@ -37,6 +37,11 @@ def init_distributed(backend: str = "auto") -> torch.device:
         dist.init_process_group(backend, timeout=timedelta(minutes=int(os.environ.get("EMBEDTRAIN_DIST_TIMEOUT_MIN", 30))))
     import deepspeed
 
+    if not cuda and "OMP_NUM_THREADS" not in os.environ:
+        # The deepspeed launcher leaves it unset (torchrun sets 1): share the cores between local ranks
+        # instead of every rank starting a thread per core.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     if not cuda and os.environ.get("EMBEDTRAIN_DS_SHM") != "1":
         # DeepSpeed's CPU shared-memory all-reduce helper is a C++ extension compiled on first use
         # (~80 s) and only speeds up its inference collectives; gloo gives identical training results.

@@ -58,16 +58,13 @@ class BatchOrder:
 class MicroBatch:
     """One rank's share of a global micro-batch, packed.
 
-    Texts are numbered queries [0, Q), positives [Q, 2Q), negatives [2Q, 2Q + sum(neg_counts)), where
-    query i's negatives are contiguous and in order.
+    `texts` are numbered queries [0, Q), positives [Q, 2Q), then every query's hard negatives, in order.
     """
 
     streams: list[PackedStream]
     texts: list[TokenizedText]
     num_queries: int
-    neg_counts: list[int]
     task: str
-    num_texts: int
     truncated: int
     # Packing parameters, for objectives that pack further streams (decoding passes).
     max_tokens: int = 0
@@ -108,8 +105,8 @@ class MicroBatchBuilder:
         docs = self.text_tok.encode([e.positive for e in examples] + [n for e in examples for n in e.negatives])
         texts = queries + docs
         streams = pack_texts(texts, self.max_tokens, self.text_tok.pad_id, self.multiple)
-        return MicroBatch(streams, texts, len(examples), [len(e.negatives) for e in examples],
-                          examples[0].task if examples else "", len(texts), sum(t.truncated for t in texts),
+        return MicroBatch(streams, texts, len(examples), examples[0].task if examples else "",
+                          sum(t.truncated for t in texts),
                           self.max_tokens, self.text_tok.pad_id, self.multiple)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,6 @@ class JsonlIndex:
     task_id: np.ndarray  # (E,) int32 index into tasks
     tasks: list[str]
     skipped: int = 0
-    skipped_reasons: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -114,15 +113,17 @@ def build_index(paths: list[str], skip_bad_lines: bool = False) -> JsonlIndex:
                         raise DataError(f"{err} (fix the line, or set data.skip_bad_lines: true to skip "
                                         "and count bad lines)")
                     skipped += 1
-                    reasons.append(str(err))
+                    if len(reasons) < 5:
+                        reasons.append(str(err))
                     continue
                 file_id.append(fi)
                 offset.append(start)
                 line_no.append(n)
                 task_id.append(tasks.setdefault(ex.task, len(tasks)))
     if skipped:
-        log.warning("skipped %d bad data line(s) (data.skip_bad_lines); first: %s", skipped, reasons[0])
+        log.warning("skipped %d bad data line(s) (data.skip_bad_lines); the first %d:\n  %s", skipped,
+                    min(5, skipped), "\n  ".join(reasons))
     if not offset:
         raise DataError(f"no examples in {', '.join(paths)}")
     return JsonlIndex(list(paths), np.array(file_id, np.int32), np.array(offset, np.int64),
-                      np.array(line_no, np.int64), np.array(task_id, np.int32), list(tasks), skipped, reasons)
+                      np.array(line_no, np.int64), np.array(task_id, np.int32), list(tasks), skipped)

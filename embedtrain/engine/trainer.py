@@ -75,6 +75,8 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     # One optimizer step = one same-task block of micro_global * gas examples, split into gas micro-batches;
     # the examples of a step do not depend on the world size.
     micro_global, gas = batch_plan(cfg, world)
+    if device.type == "cpu" and rank == 0:
+        log.info("CPU: %d torch threads per rank", torch.get_num_threads())
     order = BatchOrder(index, micro_global * gas, cfg.run.seed, cfg.data.same_task_batches)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
