@@ -46,6 +46,13 @@ def test_unknown_key_names_file_key_and_suggestion(base):
     assert "child.yaml" in msg and "`train.learning_rate`" in msg and "did you mean `train.lr`" in msg
 
 
+@pytest.mark.parametrize("typo, suggestion", [("lerning_rate", "lr"), ("max_step", "steps"), ("warmup_step", "warmup_steps"),
+                                              ("gradient_accumulation_steps", "grad_accum")])
+def test_suggestions_know_familiar_names(base, typo, suggestion):
+    with pytest.raises(RecipeError, match=f"did you mean `train.{suggestion}`"):
+        load_recipe(base / "base.yaml", [f"train.{typo}=1"])
+
+
 def test_unknown_key_in_base_names_the_base_file(base):
     write(base / "base.yaml", "model: {path: m, poolng: mean}\ndata: {train: [a]}\n")
     child = write(base / "child.yaml", "base: base.yaml\n")

@@ -156,8 +156,9 @@ def build_dataclass(cls: type, data: dict, origin: dict, prefix: str = "", defau
         dotted = f"{prefix}{key}"
         where = origin.get(dotted, default_where)
         if key not in names:
-            close = [ALIASES[key]] if ALIASES.get(key) in names else \
-                difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            # Match against our names and the familiar aliases of them (learning_rate, lerning_rate -> lr).
+            known = {n: n for n in names} | {a: t for a, t in ALIASES.items() if t in names}
+            close = [known[m] for m in difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.5)]
             hint = f"; did you mean `{prefix}{close[0]}`?" if close else f"; valid keys: {', '.join(names)}"
             raise RecipeError(f"{where}: unknown key `{dotted}`{hint}")
         tp = hints[key]
