@@ -17,12 +17,14 @@ def _train(args) -> int:
     from embedtrain.data.jsonl import DataError
     from embedtrain.engine.trainer import train
 
+    from embedtrain.engine.preemption import REQUEUE_EXIT_CODE
+
     try:
-        train(cfg, origin, resume=args.resume)
+        result = train(cfg, origin, resume=args.resume)
     except (DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return REQUEUE_EXIT_CODE if result["preempted"] else 0
 
 
 def _check(args) -> int:

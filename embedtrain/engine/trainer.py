@@ -20,6 +20,7 @@ from embedtrain.engine.checkpoint import atomic_write_text, load_checkpoint, sav
 from embedtrain.engine.ds_config import batch_plan, build_ds_config
 from embedtrain.engine.final import save_final
 from embedtrain.engine.metrics import MetricsLogger, peak_memory_gb
+from embedtrain.engine.preemption import StopSignals
 from embedtrain.engine.schedule import build_optimizer, build_scheduler
 from embedtrain.model.embedder import build_model, load_tokenizer
 from embedtrain.objectives.registry import get_objective
@@ -118,50 +119,56 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                                 cfg.run.progress_bar)
     engine.train()
     losses = []
-    for step in range(start, cfg.train.steps):
-        t0 = time.perf_counter()
-        sums = {"real_tokens": 0.0, "computed_tokens": 0.0, "truncated": 0.0}
-        acc: dict[str, float] = {}
-        for m in range(gas):
-            micro_ids = order.global_batch_ids(step)[m * micro_global:(m + 1) * micro_global]
-            batch = builder.build(rank_slice(micro_ids, rank, world))
-            if world > 1:  # same number of passes on every rank (ZeRO-3 gathers, ZeRO-2 reductions)
-                batch = builder.repack(batch, max(D.all_gather_ints(len(batch.streams), device)))
-            sums["real_tokens"] += batch.real_tokens
-            sums["computed_tokens"] += batch.computed_tokens
-            sums["truncated"] += batch.truncated
-            out = objective.forward_backward(engine, batch, lambda loss, final: engine.backward(loss))
-            for k, v in out.items():
-                acc[k] = acc.get(k, 0.0) + v / gas
-        engine.step()
-        totals = D.all_reduce_sum(sums, device)
-        metrics = D.all_reduce_mean(acc, device)
-        dt = time.perf_counter() - t0
-        grad_norm = engine.get_global_grad_norm()
-        metrics.update(lr=scheduler.get_last_lr()[0],
-                       grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-                       tokens_per_s=totals["real_tokens"] / dt,
-                       packing_efficiency=totals["real_tokens"] / max(1.0, totals["computed_tokens"]),
-                       truncated=int(totals["truncated"]), peak_mem_gb=peak_memory_gb(device), step_time_s=dt)
-        losses.append(metrics["loss"])
-        metrics_log.step(step + 1, metrics)
-        done = step + 1 == cfg.train.steps
-        stop = step + 1 == cfg.run.stop_at_step
-        if done or stop or (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0):
-            save_checkpoint(engine, ckpt_root, step + 1, {"seed": cfg.run.seed},
-                            cfg.run.keep_checkpoints, device)
-        if stop and not done:
-            metrics_log.close()
-            log.info("stopped after step %d (run.stop_at_step); continue with --resume", step + 1)
-            return {"losses": losses, "final_dir": None, "eval_before": before, "eval_after": None,
-                    "start_step": start}
-    metrics_log.close()
-    final_dir = save_final(engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged)
-    after = _run_eval(engine.module, text_tok, builder, cfg, device, "after")
-    if rank == 0 and (before or after):
-        atomic_write_text(run_dir / "eval.json", json.dumps({"before": before, "after": after}, indent=1))
-    if rank == 0 and before and after:
-        print(f"held-out retrieval ({cfg.eval.retrieval}): R@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}"
-              f"   MRR {before['mrr']:.3f} -> {after['mrr']:.3f}", flush=True)
-    return {"losses": losses, "final_dir": str(final_dir), "eval_before": before, "eval_after": after,
-            "start_step": start}
+    signals = StopSignals()
+    try:
+        for step in range(start, cfg.train.steps):
+            t0 = time.perf_counter()
+            sums = {"real_tokens": 0.0, "computed_tokens": 0.0, "truncated": 0.0}
+            acc: dict[str, float] = {}
+            for m in range(gas):
+                micro_ids = order.global_batch_ids(step)[m * micro_global:(m + 1) * micro_global]
+                batch = builder.build(rank_slice(micro_ids, rank, world))
+                if world > 1:  # same number of passes on every rank (ZeRO-3 gathers, ZeRO-2 reductions)
+                    batch = builder.repack(batch, max(D.all_gather_ints(len(batch.streams), device)))
+                sums["real_tokens"] += batch.real_tokens
+                sums["computed_tokens"] += batch.computed_tokens
+                sums["truncated"] += batch.truncated
+                out = objective.forward_backward(engine, batch, lambda loss, final: engine.backward(loss))
+                for k, v in out.items():
+                    acc[k] = acc.get(k, 0.0) + v / gas
+            engine.step()
+            totals = D.all_reduce_sum(sums, device)
+            metrics = D.all_reduce_mean(acc, device)
+            dt = time.perf_counter() - t0
+            grad_norm = engine.get_global_grad_norm()
+            metrics.update(lr=scheduler.get_last_lr()[0],
+                           grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                           tokens_per_s=totals["real_tokens"] / dt,
+                           packing_efficiency=totals["real_tokens"] / max(1.0, totals["computed_tokens"]),
+                           truncated=int(totals["truncated"]), peak_mem_gb=peak_memory_gb(device), step_time_s=dt)
+            losses.append(metrics["loss"])
+            metrics_log.step(step + 1, metrics)
+            done = step + 1 == cfg.train.steps
+            preempted = signals.should_stop(device)
+            stop = step + 1 == cfg.run.stop_at_step or preempted
+            if done or stop or (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0):
+                save_checkpoint(engine, ckpt_root, step + 1, {"seed": cfg.run.seed},
+                                cfg.run.keep_checkpoints, device)
+            if stop and not done:
+                metrics_log.close()
+                why = f"received {signals.name()}" if preempted else "run.stop_at_step"
+                log.warning("stopped after step %d (%s); checkpoint written, continue with --resume", step + 1, why)
+                return {"losses": losses, "final_dir": None, "eval_before": before, "eval_after": None,
+                        "start_step": start, "preempted": preempted}
+        metrics_log.close()
+        final_dir = save_final(engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged)
+        after = _run_eval(engine.module, text_tok, builder, cfg, device, "after")
+        if rank == 0 and (before or after):
+            atomic_write_text(run_dir / "eval.json", json.dumps({"before": before, "after": after}, indent=1))
+        if rank == 0 and before and after:
+            print(f"held-out retrieval ({cfg.eval.retrieval}): R@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}"
+                  f"   MRR {before['mrr']:.3f} -> {after['mrr']:.3f}", flush=True)
+        return {"losses": losses, "final_dir": str(final_dir), "eval_before": before, "eval_after": after,
+                "start_step": start, "preempted": False}
+    finally:
+        signals.restore()

@@ -1,0 +1,30 @@
+"""Stopping on request: SIGTERM (scheduler kill / scancel) and SIGUSR1 (Slurm's `--signal` warning
+before the time limit) make every rank finish its current step, checkpoint, and exit with
+REQUEUE_EXIT_CODE, which launch scripts use to requeue the job; `--resume` then continues exactly."""
+from __future__ import annotations
+
+import signal
+
+from embedtrain import distributed as D
+
+REQUEUE_EXIT_CODE = 85
+
+
+class StopSignals:
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+        self.received: int | None = None
+        self._previous = {s: signal.signal(s, self._handler) for s in signals}
+
+    def _handler(self, signum, frame) -> None:
+        self.received = signum  # acted on at the end of the step, never mid-collective
+
+    def should_stop(self, device) -> bool:
+        """Collective: true on every rank once any rank got a signal (launchers may signal some only)."""
+        return bool(D.all_reduce_max_ints([int(self.received is not None)], device)[0])
+
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else "a signal on another rank"
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
