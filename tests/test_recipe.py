@@ -60,20 +60,22 @@ def test_unknown_key_in_base_names_the_base_file(base):
         load_recipe(child)
 
 
-def test_unknown_section_and_objective_option(base):
-    child = write(base / "c.yaml", "base: base.yaml\ntrian: {lr: 1}\n")
-    with pytest.raises(RecipeError, match="unknown key `trian`; did you mean `train`"):
+@pytest.mark.parametrize("text, message", [
+    ("trian: {lr: 1}", "unknown key `trian`; did you mean `train`"),
+    ("objective: {infonce: {temprature: 0.1}}",
+     "`objective.infonce.temprature`; did you mean `objective.infonce.temperature`"),
+    # Options of another objective are checked too (a base may carry both stages' options).
+    ("objective: {reconstruction: {alfa: 0.1}}",
+     "`objective.reconstruction.alfa`; did you mean `objective.reconstruction.alpha`"),
+    ("objective: {infonse: {temperature: 0.1}}", "objective.infonse: unknown objective 'infonse'; did you mean 'infonce'"),
+])
+def test_unknown_section_and_objective_option(base, text, message):
+    child = write(base / "c.yaml", f"base: base.yaml\n{text}\n")
+    with pytest.raises(RecipeError, match=message):
         load_recipe(child)
-    child = write(base / "c.yaml", "base: base.yaml\nobjective: {infonce: {temprature: 0.1}}\n")
-    with pytest.raises(RecipeError, match="`objective.infonce.temprature`; did you mean `objective.infonce.temperature`"):
-        load_recipe(child)
-    # Options of another objective are checked too (a base may carry both stages' options) ...
-    child = write(base / "c.yaml", "base: base.yaml\nobjective: {reconstruction: {alfa: 0.1}}\n")
-    with pytest.raises(RecipeError, match="`objective.reconstruction.alfa`; did you mean `objective.reconstruction.alpha`"):
-        load_recipe(child)
-    child = write(base / "c.yaml", "base: base.yaml\nobjective: {infonse: {temperature: 0.1}}\n")
-    with pytest.raises(RecipeError, match="objective.infonse: unknown objective 'infonse'; did you mean 'infonce'"):
-        load_recipe(child)
+
+
+def test_unknown_objective_name(base):
     with pytest.raises(RecipeError, match="unknown objective 'infonse'; did you mean 'infonce'"):
         load_recipe(base / "base.yaml", ["train.objective=infonse"])
 
