@@ -73,7 +73,6 @@ def grad_scenario(recipe, overrides, out: Path, name: str):
     per_rank = 8 // D.world_size()
     examples = [index.read(i) for i in range(8)][D.rank() * per_rank:(D.rank() + 1) * per_rank]
     batch = builder.from_examples(examples)
-    batch = builder.repack(batch, max(D.all_gather_ints(len(batch.streams), device)))
     objective = get_objective(cfg.train.objective)[0](objective_options(cfg, origin), device)
     metrics = objective.forward_backward(engine, batch, lambda loss, final: engine.backward(loss))
     engine.step()

@@ -1,20 +1,20 @@
 """Deterministic, resumable order of same-task global micro-batches, and each rank's shard of them.
 
-Global micro-batch k (counting from the start of training, across epochs) is a pure function of
-(seed, k): resuming only needs k. Within an epoch every task's examples are shuffled and cut into
+Global batch k (the examples of optimizer step k, counting across epochs; the trainer splits it into
+micro-batches and each rank takes its slice) is a pure function of (seed, k): resuming only needs k. Within an epoch every task's examples are shuffled and cut into
 global batches of `global_batch` examples; the batches of all tasks are then shuffled together.
 A task's tail that does not fill a batch is left for the next epoch's reshuffle (counted and logged).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from embedtrain.data.jsonl import Example, JsonlIndex
-from embedtrain.data.packing import PackedStream, TextTokenizer, TokenizedText, pack_texts
+from embedtrain.data.packing import PackedStream, TextTokenizer, TokenizedText, pack_on_every_rank
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class BatchOrder:
         return batches
 
     def global_batch_ids(self, k: int) -> np.ndarray:
-        """Example ids of global micro-batch k: (global_batch,)."""
+        """Example ids of global batch k (optimizer step k): (global_batch,)."""
         return self._epoch(k // self.batches_per_epoch)[k % self.batches_per_epoch]
 
 
@@ -81,11 +81,14 @@ class MicroBatch:
 
 
 class MicroBatchBuilder:
-    """Reads, formats and packs one rank's examples of a global micro-batch."""
+    """Reads, formats and packs one rank's examples of a global micro-batch (a collective when the world
+    size is above 1: ranks agree on the number of packed streams)."""
 
     def __init__(self, index: JsonlIndex, text_tok: TextTokenizer, max_tokens: int, pad_to_multiple_of: int,
-                 instructions: dict[str, str], default_instruction: str | None, max_negatives: int | None = None):
+                 instructions: dict[str, str], default_instruction: str | None, max_negatives: int | None = None,
+                 device=None):
         self.index, self.text_tok, self.max_negatives = index, text_tok, max_negatives
+        self.device = device if device is not None else torch.device("cpu")
         self.max_tokens, self.multiple = max_tokens, pad_to_multiple_of
         self.instructions, self.default_instruction = instructions, default_instruction
 
@@ -104,17 +107,10 @@ class MicroBatchBuilder:
         queries = self.text_tok.encode([e.query for e in examples], [self.instruction_for(e) for e in examples])
         docs = self.text_tok.encode([e.positive for e in examples] + [n for e in examples for n in e.negatives])
         texts = queries + docs
-        streams = pack_texts(texts, self.max_tokens, self.text_tok.pad_id, self.multiple)
+        streams = pack_on_every_rank(texts, self.max_tokens, self.text_tok.pad_id, self.multiple, self.device)
         return MicroBatch(streams, texts, len(examples), examples[0].task if examples else "",
                           sum(t.truncated for t in texts),
                           self.max_tokens, self.text_tok.pad_id, self.multiple)
-
-
-    def repack(self, batch: MicroBatch, min_streams: int) -> MicroBatch:
-        if len(batch.streams) >= min_streams:
-            return batch
-        streams = pack_texts(batch.texts, self.max_tokens, self.text_tok.pad_id, self.multiple, min_streams)
-        return dataclasses.replace(batch, streams=streams)
 
 
 def rank_slice(global_ids: np.ndarray, rank: int, world: int) -> np.ndarray:

@@ -120,6 +120,20 @@ def pack_texts(texts: list[TokenizedText], max_tokens: int, pad_id: int,
     return [_build_stream([texts[i] for i in b], b, pad_id, pad_to_multiple_of, max_tokens) for b in bins]
 
 
+def pack_on_every_rank(texts: list[TokenizedText], max_tokens: int, pad_id: int, pad_to_multiple_of: int,
+                       device) -> list[PackedStream]:
+    """pack_texts, then split streams until this rank has as many as the rank with most: ZeRO-3 gathers
+    and ZeRO-2 reductions are collectives per forward/backward, so every rank must run the same number."""
+    from embedtrain import distributed as D
+
+    streams = pack_texts(texts, max_tokens, pad_id, pad_to_multiple_of)
+    if D.world_size() > 1:
+        most = max(D.all_gather_ints(len(streams), device))
+        if most > len(streams):
+            streams = pack_texts(texts, max_tokens, pad_id, pad_to_multiple_of, min_streams=most)
+    return streams
+
+
 def _build_stream(texts: list[TokenizedText], text_ids: list[int], pad_id: int, multiple: int,
                   max_tokens: int) -> PackedStream:
     ids, pos, pool, cu = [], [], [], [0]

@@ -95,7 +95,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     text_tok = TextTokenizer(tokenizer, model.family, cfg.data.max_length, cfg.data.instruction_format)
     builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
                                 cfg.data.instructions, cfg.data.default_instruction,
-                                cfg.data.max_negatives if objective_cls.uses_negatives else 0)
+                                cfg.data.max_negatives if objective_cls.uses_negatives else 0, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
     optimizer = build_optimizer(model, cfg.train)
@@ -128,8 +128,6 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
             for m in range(gas):
                 micro_ids = order.global_batch_ids(step)[m * micro_global:(m + 1) * micro_global]
                 batch = builder.build(rank_slice(micro_ids, rank, world))
-                if world > 1:  # same number of passes on every rank (ZeRO-3 gathers, ZeRO-2 reductions)
-                    batch = builder.repack(batch, max(D.all_gather_ints(len(batch.streams), device)))
                 sums["real_tokens"] += batch.real_tokens
                 sums["computed_tokens"] += batch.computed_tokens
                 sums["truncated"] += batch.truncated

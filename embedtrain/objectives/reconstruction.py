@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from embedtrain import distributed as D
 from embedtrain.data.batches import MicroBatch
-from embedtrain.data.packing import TokenizedText, pack_texts
+from embedtrain.data.packing import TokenizedText, pack_on_every_rank
 from embedtrain.objectives.base import Objective, embed_batch
 from embedtrain.objectives.registry import register
 
@@ -129,10 +129,7 @@ class Reconstruction(Objective):
     def _direction(self, model, batch: MicroBatch, anchors_NH, targets: list[TokenizedText]):
         """Sum of CE over one direction's targets on this rank, and the number of target tokens."""
         inputs, labels = decoding_inputs(targets)
-        streams = pack_texts(inputs, batch.max_tokens, batch.pad_id, batch.pad_multiple)
-        if D.world_size() > 1:  # equal forward count on every rank (ZeRO-3 gathers per call)
-            n = max(D.all_gather_ints(len(streams), self.device))
-            streams = pack_texts(inputs, batch.max_tokens, batch.pad_id, batch.pad_multiple, min_streams=n)
+        streams = pack_on_every_rank(inputs, batch.max_tokens, batch.pad_id, batch.pad_multiple, self.device)
         per_stream = []
         for s in streams:
             y_T = torch.full((s.num_tokens,), -100, dtype=torch.long)
