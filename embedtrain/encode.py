@@ -10,9 +10,16 @@ from embedtrain.data.packing import TextTokenizer, pack_texts
 @torch.no_grad()
 def encode_texts(model, text_tok: TextTokenizer, texts: list[str], instructions: list[str | None] | None,
                  max_tokens: int, device, normalize: bool = True) -> torch.Tensor:
-    """(N, H) fp32 embeddings, packed streams (no padding), in input order."""
+    """(N, H) fp32 embeddings, packed streams (no padding), in input order. A model with compression
+    tokens (text_tok a CompressionText) gives its (N, D) compression embeddings."""
     was_training = model.training
     model.eval()
+    from embedtrain.model.compression import CompressionText, embed_texts
+
+    if isinstance(text_tok, CompressionText):
+        out, _ = embed_texts(model, model.compression, text_tok, texts, instructions, max_tokens, device)
+        model.train(was_training)
+        return F.normalize(out, dim=-1) if normalize else out
     streams = pack_texts(text_tok.encode(texts, instructions), max_tokens, text_tok.pad_id)
     out = torch.empty(len(texts), model.lm.config.hidden_size, dtype=torch.float32, device=device)
     for s in streams:

@@ -21,6 +21,10 @@ class Family:
     bos_token: str | None = None  # prepended when the family's tokenizer expects it
     lora_targets: tuple[str, ...] = tuple(_ALL_PROJ)
     special_tokens: tuple[str, ...] = ()  # template tokens that must be single tokens
+    # Generation (compression data step): text after prefix + query + suffix that closes the user turn
+    # and opens the assistant's. Used when the tokenizer carries no chat template of its own.
+    assistant_open: str = ""
+    chat_template_kwargs: tuple[tuple[str, object], ...] = ()  # extra apply_chat_template arguments
 
     def all_special(self) -> list[str]:
         return sorted({self.eos_token, *self.special_tokens} | ({self.bos_token} if self.bos_token else set()))
@@ -30,17 +34,22 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
         Family("llama3", ("llama",), "<|start_header_id|>user<|end_header_id|>\n\n", "", "<|eot_id|>",
-               bos_token="<|begin_of_text|>", special_tokens=("<|start_header_id|>", "<|end_header_id|>")),
+               bos_token="<|begin_of_text|>", special_tokens=("<|start_header_id|>", "<|end_header_id|>"),
+               assistant_open="<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
         # ChatML: SmolLM2 (a llama architecture), Qwen2/2.5.
         Family("chatml", ("llama", "qwen2", "mistral"), "<|im_start|>user\n", "", "<|im_end|>",
-               special_tokens=("<|im_start|>",)),
-        Family("qwen2", ("qwen2",), "<|im_start|>user\n", "", "<|im_end|>", special_tokens=("<|im_start|>",)),
-        Family("qwen3", ("qwen3",), "<|im_start|>user\n", "", "<|im_end|>", special_tokens=("<|im_start|>",)),
+               special_tokens=("<|im_start|>",), assistant_open="<|im_end|>\n<|im_start|>assistant\n"),
+        Family("qwen2", ("qwen2",), "<|im_start|>user\n", "", "<|im_end|>", special_tokens=("<|im_start|>",),
+               assistant_open="<|im_end|>\n<|im_start|>assistant\n"),
+        # Qwen3 answers in non-thinking mode: an empty think block opens the assistant turn.
+        Family("qwen3", ("qwen3",), "<|im_start|>user\n", "", "<|im_end|>", special_tokens=("<|im_start|>",),
+               assistant_open="<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n",
+               chat_template_kwargs=(("enable_thinking", False),)),
         # Mistral instruct: the turn ends with the tokenizer's </s>.
         Family("mistral", ("mistral",), "[INST] ", " [/INST]", "</s>", bos_token="<s>",
-               special_tokens=("[INST]", "[/INST]")),
+               special_tokens=("[INST]", "[/INST]")),  # the answer follows [/INST] directly
         Family("gemma", ("gemma", "gemma2"), "<start_of_turn>user\n", "", "<end_of_turn>", bos_token="<bos>",
-               special_tokens=("<start_of_turn>",)),
+               special_tokens=("<start_of_turn>",), assistant_open="<end_of_turn>\n<start_of_turn>model\n"),
     ]
 }
 

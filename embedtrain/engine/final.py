@@ -24,9 +24,19 @@ def embedding_meta(cfg: RecipeConfig, family: str) -> dict:
             "base_model": cfg.model.path, "lora": dataclasses.asdict(cfg.model.lora)}
 
 
-def save_final(model, cfg: RecipeConfig, tokenizer, run_dir: Path, zero_stage: int, merged: bool) -> Path:
-    state = full_state_dict(model.lm, zero_stage)
+def save_final(model, cfg: RecipeConfig, tokenizer, run_dir: Path, zero_stage: int, merged: bool,
+               options=None) -> Path:
     out = run_dir / "final"
+    if hasattr(model, "compression"):  # frozen backbone: only the compression tokens and maps are saved
+        from embedtrain.model.compression_io import save_compression_final
+
+        state = full_state_dict(model.compression, zero_stage)
+        if rank() == 0:
+            save_compression_final(state, model.compression, cfg, model.family.name, tokenizer, out, options)
+        if dist.is_initialized():
+            dist.barrier()
+        return out
+    state = full_state_dict(model.lm, zero_stage)
     if rank() == 0:
         tmp = run_dir / f".final.tmp{os.getpid()}"
         lm = model.lm

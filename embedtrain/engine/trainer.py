@@ -45,7 +45,8 @@ def _run_eval(model, text_tok, builder, cfg: RecipeConfig, device, label: str) -
     examples = [idx.read(i) for i in range(min(len(idx), cfg.eval.max_examples))]
     q = encode_texts(model, text_tok, [e.query for e in examples], [builder.instruction_for(e) for e in examples],
                      cfg.eval.batch_tokens, device)
-    d = encode_texts(model, text_tok, [e.positive for e in examples], None, cfg.eval.batch_tokens, device)
+    doc_inst = [cfg.eval.document_instruction] * len(examples) if cfg.eval.document_instruction else None
+    d = encode_texts(model, text_tok, [e.positive for e in examples], doc_inst, cfg.eval.batch_tokens, device)
     scores = retrieval_scores(q, d)
     log.info("held-out retrieval %s training (%s, %d queries): R@1 %.3f  R@10 %.3f  MRR %.3f", label,
              cfg.eval.retrieval, len(examples), scores["recall@1"], scores["recall@10"], scores["mrr"])
@@ -92,10 +93,13 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     objective_cls, _ = get_objective(cfg.train.objective)
     if not objective_cls.uses_lm_head and model.freeze_unused_lm_head():
         log.info("LM head frozen: objective %s does not use it", cfg.train.objective)
+    objective = objective_cls(options, device)
+    objective.setup(model, cfg, index, tokenizer)
     text_tok = TextTokenizer(tokenizer, model.family, cfg.data.max_length, cfg.data.instruction_format)
     builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
                                 cfg.data.instructions, cfg.data.default_instruction,
-                                cfg.data.max_negatives if objective_cls.uses_negatives else 0, device)
+                                cfg.data.max_negatives if objective_cls.uses_negatives else 0, device,
+                                objective.make_batch)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
     optimizer = build_optimizer(model, cfg.train)
@@ -106,14 +110,14 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                                            config=ds_config)
     zero_stage = engine.zero_optimization_stage()
     _record_grad_norm(engine)
-    objective = objective_cls(options, device)
     ckpt_root = run_dir / "checkpoints"
     start = 0
     if resume:
         start = load_checkpoint(engine, ckpt_root, device)["step"]
     else:
         torch.manual_seed(cfg.run.seed + rank)  # dropout differs between ranks
-    before = _run_eval(engine.module, text_tok, builder, cfg, device, "before") if start == 0 else None
+    eval_tok = getattr(objective, "text", text_tok)  # objectives with their own text formatting
+    before = _run_eval(engine.module, eval_tok, builder, cfg, device, "before") if start == 0 else None
 
     metrics_log = MetricsLogger(run_dir, cfg.train.steps, start, cfg.run.log_every, rank == 0,
                                 cfg.run.progress_bar)
@@ -157,16 +161,16 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                 why = f"received {signals.name()}" if preempted else "run.stop_at_step"
                 log.warning("stopped after step %d (%s); checkpoint written, continue with --resume", step + 1, why)
                 return {"losses": losses, "final_dir": None, "eval_before": before, "eval_after": None,
-                        "start_step": start, "preempted": preempted}
+                        "start_step": start, "preempted": preempted, "engine": engine}
         metrics_log.close()
-        final_dir = save_final(engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged)
-        after = _run_eval(engine.module, text_tok, builder, cfg, device, "after")
+        final_dir = save_final(engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged, options)
+        after = _run_eval(engine.module, eval_tok, builder, cfg, device, "after")
         if rank == 0 and (before or after):
             atomic_write_text(run_dir / "eval.json", json.dumps({"before": before, "after": after}, indent=1))
         if rank == 0 and before and after:
             print(f"held-out retrieval ({cfg.eval.retrieval}): R@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}"
                   f"   MRR {before['mrr']:.3f} -> {after['mrr']:.3f}", flush=True)
         return {"losses": losses, "final_dir": str(final_dir), "eval_before": before, "eval_after": after,
-                "start_step": start, "preempted": False}
+                "start_step": start, "preempted": False, "engine": engine}
     finally:
         signals.restore()

@@ -25,6 +25,14 @@ class Objective:
         self.options = options
         self.device = device
 
+    def setup(self, model, cfg, index, tokenizer) -> None:
+        """Before DeepSpeed wraps the model: objectives that add trainable modules or freeze weights do it
+        here (the model is the bare EmbeddingModel)."""
+
+    # Objectives that format and pack their own batches set this to a method (examples -> MicroBatch);
+    # None: the data builder's standard (query, positive, negatives) packing.
+    make_batch = None
+
     def loss(self, model, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 

@@ -68,7 +68,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_NH, w_VH, y_N, chunk: int):
         grad_h_NH = torch.empty_like(h_NH)
-        grad_w_VH = torch.zeros(w_VH.shape, dtype=torch.float32, device=w_VH.device)
+        # A frozen head (compression objective) needs no (V, H) gradient at all.
+        want_w = ctx.needs_input_grad[1]
+        grad_w_VH = torch.zeros(w_VH.shape if want_w else (0,), dtype=torch.float32, device=w_VH.device)
         total = torch.zeros((), dtype=torch.float32, device=h_NH.device)
         for start in range(0, h_NH.shape[0], chunk):
             h_CH, y_C = h_NH[start:start + chunk], y_N[start:start + chunk]
@@ -78,16 +80,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs_CV = logits_CV.sub_(lse_C[:, None]).exp_()
             probs_CV[torch.arange(len(y_C), device=y_C.device), y_C] -= 1.0  # d(CE)/d(logits)
             grad_h_NH[start:start + chunk] = (probs_CV.to(w_VH.dtype) @ w_VH).to(h_NH.dtype)
-            grad_w_VH.addmm_(probs_CV.T, h_CH.float())
+            if want_w:
+                grad_w_VH.addmm_(probs_CV.T, h_CH.float())
         ctx.save_for_backward(grad_h_NH, grad_w_VH)
-        ctx.w_dtype = w_VH.dtype
+        ctx.w_dtype, ctx.want_w = w_VH.dtype, want_w
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
         grad_h_NH, grad_w_VH = ctx.saved_tensors
         # In place: these buffers exist only for this backward, and a copy of a (V, H) gradient is large.
-        return grad_h_NH.mul_(grad_total), grad_w_VH.mul_(grad_total).to(ctx.w_dtype), None, None
+        grad_w = grad_w_VH.mul_(grad_total).to(ctx.w_dtype) if ctx.want_w else None
+        return grad_h_NH.mul_(grad_total), grad_w, None, None
 
 
 def _ce_sum(h_CH: torch.Tensor, y_C: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
