@@ -41,6 +41,8 @@ TRAJ = {  # name -> overrides; 10 optimizer steps through the real trainer
                     "train.micro_batch_per_rank=2", "deepspeed.zero_stage=2"],
     "recon_z3": ["train.objective=reconstruction", "objective.reconstruction.logits_chunk=16",
                  "deepspeed.zero_stage=3"],
+    "comp_z0": ["deepspeed.zero_stage=0"],  # with the compression recipe of test_compression.py
+    "comp_z3": ["deepspeed.zero_stage=3"],
 }
 RESUME = ["deepspeed.zero_stage=3", "model.lora.enabled=true", "model.lora.dropout=0.1", "train.lr=1e-2"]
 
@@ -92,6 +94,17 @@ def main():
         elif name in TRAJ:
             cfg, origin = load_recipe(recipe, TRAJ[name] + [f"run.output_dir={out / name}"])
             results[name] = train(cfg, origin)["losses"]
+        elif name == "comp_frozen":  # every weight after training, gathered from ZeRO-3 shards
+            from safetensors.torch import save_file
+
+            from embedtrain.engine.checkpoint import full_state_dict
+
+            cfg, origin = load_recipe(recipe, ["deepspeed.zero_stage=3", f"run.output_dir={out / name}"])
+            result = train(cfg, origin)
+            state = full_state_dict(result["engine"].module, 3)
+            if D.rank() == 0:
+                save_file(state, str(out / f"{name}.safetensors"))
+            results[name] = result["losses"]
         elif name == "resume":
             sets = RESUME + [f"run.output_dir={out / 'straight'}"]
             straight = train(*load_recipe(recipe, sets))["losses"]

@@ -108,6 +108,13 @@ def chunked_ce_sum(h_NH: torch.Tensor, y_N: torch.Tensor, head: torch.nn.Module,
     """
     if getattr(head, "bias", None) is None and not hasattr(head.weight, "ds_id"):
         return _LinearCrossEntropy.apply(h_NH, head.weight, y_N, chunk)
+    if getattr(head, "bias", None) is None and not head.weight.requires_grad:
+        # A frozen partitioned head (compression objective): gather it for the fused pass, which keeps
+        # no reference to the weight for backward. Called once per stream, and ranks run equal counts.
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([head.weight], modifier_rank=None):
+            return _LinearCrossEntropy.apply(h_NH, head.weight, y_N, chunk)
     total = h_NH.new_zeros((), dtype=torch.float32)
     for k in range(n_chunks):
         sl = slice(k * chunk, (k + 1) * chunk)
