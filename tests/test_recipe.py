@@ -169,3 +169,29 @@ def test_anchor_recipes_carry_the_published_settings(name):
         assert batch_plan(s2, gpus) == (s2.train.batch_size, 1)
     big = "8b" in name or "7b" in name
     assert s1.deepspeed.zero_stage == (3 if big else 2)  # full fine-tuning state fits 8 x 80 GB
+
+
+COMPRESSION = {  # METHODS.md section 3: lr by family; the 11 published models
+    "qwen3-0.6b": 3e-4, "qwen3-1.7b": 3e-4, "qwen3-4b": 3e-4, "qwen3-8b": 3e-4, "qwen2.5-0.5b": 5e-4,
+    "qwen2.5-1.5b": 5e-4, "qwen2.5-3b": 5e-4, "qwen2.5-7b": 5e-4, "llama-3.2-1b": 5e-4, "llama-3.2-3b": 5e-4,
+    "llama-3.1-8b": 5e-4}
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSION))
+def test_compression_recipes_carry_the_published_settings(name):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "recipes" / "compression"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(COMPRESSION)
+    c, origin = load_recipe(root / name / "recipe.yaml")
+    o = c.objective["compression"]
+    assert c.train.objective == "compression" and c.train.lr == COMPRESSION[name]
+    assert (c.train.warmup_steps, c.train.steps, c.train.batch_size) == (100, 5000, 32)
+    assert (o["thought_tokens"], o["compression_tokens"], o["w_recon"], o["w_align"]) == (10, 10, 1.0, 1.0)
+    assert (c.data.max_length, o["response_max_length"], c.teacher.max_length) == (512, 512, 512)
+    assert (c.model.dtype, c.model.gradient_checkpointing, c.model.lora.enabled) == ("bfloat16", True, False)
+    assert (c.generate.max_new_tokens, c.generate.max_prompt_length) == (500, 1024)
+    assert c.data.train == [c.generate.output_dir]  # training reads what generate writes
+    for gpus in (1, 2, 4, 8):
+        micro, gas = batch_plan(c, gpus)
+        assert micro * gas == 32
