@@ -55,7 +55,8 @@ class Teacher:
             self.model = SentenceTransformer(str(self.path), device=str(device), local_files_only=True,
                                              model_kwargs={"dtype": dtype})
             self.model.max_seq_length = cfg.max_length
-            self.dim = self.model.get_sentence_embedding_dimension()
+            get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+            self.dim = get_dim()
         else:
             from transformers import AutoModel, AutoTokenizer
 
