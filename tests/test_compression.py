@@ -205,3 +205,15 @@ def test_decode_trained_run(setup, world2):
             ids.append(nxt)
             x = torch.cat([x, lm.get_input_embeddings()(torch.tensor([nxt]))])
     assert text == tok.decode(ids, skip_special_tokens=True).strip()
+
+
+def test_online_teacher_gives_the_cached_targets(setup):
+    """objective.compression.online_teacher re-embeds responses every step; with the teacher that made the
+    cache, the targets (and so the loss) are the cached ones."""
+    _, recipe = setup
+    *_, index, cached = _objective(recipe)
+    *_, online = _objective(recipe, ["objective.compression.online_teacher=true"])
+    examples = [index.read(i) for i in range(8)]
+    a, b = cached.make_batch(examples).targets_QD, online.make_batch(examples).targets_QD
+    assert online.teacher is not None and a.shape == (8, 64)
+    assert (a - b).abs().max() <= 1e-5
