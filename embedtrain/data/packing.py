@@ -1,7 +1,8 @@
 """Turning texts into packed token streams.
 
-A text becomes: [bos] template-prefix [instruction] content template-suffix EOS. Truncation removes
-content tokens from the end only, so the EOS (where last-token pooling reads) always survives.
+A text becomes: [bos] template-prefix [instruction] content template-suffix EOS, the middle three
+tokenized as one string. Truncation removes tokens from the end of that string (content) only, so
+the EOS (where last-token pooling reads) always survives.
 Texts are then packed first-fit-decreasing into streams of at most `max_tokens` tokens with
 cumulative sequence lengths and position ids restarting at 0 for each text; nothing is padded except,
 optionally, the tail of a stream up to a multiple that GPU kernels like (as its own dummy segment).
@@ -34,6 +35,7 @@ class TextTokenizer:
         self.eos_id = vocab[family.eos_token]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         head = [vocab[family.bos_token]] if family.bos_token else []
+        self.prefix_len = len(self._encode([family.prefix])[0])
         self.prefix_ids = head + self._encode([family.prefix])[0]
         self.suffix_ids = self._encode([family.suffix])[0] if family.suffix else []
 
@@ -43,23 +45,25 @@ class TextTokenizer:
         return self.tok(texts, add_special_tokens=False)["input_ids"]
 
     def encode(self, texts: list[str], instructions: list[str | None] | None = None) -> list[TokenizedText]:
+        """Template prefix, instruction and content are tokenized as ONE string (as sentence-transformers
+        tokenizes prompt + text, so exported models see the same ids); truncation cuts its tail, i.e.
+        content. pool_from is the length of prefix + instruction tokenized alone (sentence-transformers'
+        prompt length), so mean pooling matches an exported model with include_prompt=False."""
         instructions = instructions or [None] * len(texts)
-        contents = self._encode(texts)
-        distinct = sorted({i for i in instructions if i}, key=str)
-        inst_ids = dict(zip(distinct, self._encode([self.instruction_format.format(instruction=i)
-                                                    for i in distinct])))
+        heads = {i: self.family.prefix + (self.instruction_format.format(instruction=i) if i else "")
+                 for i in sorted(set(instructions), key=str)}
+        head_len = dict(zip(heads, (len(ids) for ids in self._encode(list(heads.values())))))
+        joint = self._encode([heads[i] + t for t, i in zip(texts, instructions)])
+        bos = self.prefix_ids[:len(self.prefix_ids) - self.prefix_len]
+        room = self.max_length - len(bos) - len(self.suffix_ids) - 1
         out = []
-        for content, inst in zip(contents, instructions):
-            head = self.prefix_ids + (inst_ids[inst] if inst else [])
-            fixed = len(head) + len(self.suffix_ids) + 1
-            room = self.max_length - fixed
-            if room < 1:
+        for ids, inst in zip(joint, instructions):
+            if head_len[inst] >= room:
                 raise ValueError(f"data.max_length={self.max_length} leaves no room for content after the "
-                                 f"template and instruction ({fixed} tokens): raise max_length or shorten "
-                                 f"the instruction {inst!r}")
-            truncated = len(content) > room
-            ids = head + content[:room] + self.suffix_ids + [self.eos_id]
-            out.append(TokenizedText(ids, len(self.prefix_ids) + (len(inst_ids[inst]) if inst else 0), truncated))
+                                 f"template and instruction ({head_len[inst] + len(bos) + len(self.suffix_ids) + 1} "
+                                 f"tokens): raise max_length or shorten the instruction {inst!r}")
+            out.append(TokenizedText(bos + ids[:room] + self.suffix_ids + [self.eos_id], len(bos) + head_len[inst],
+                                     len(ids) > room))
         return out
 
 

@@ -19,9 +19,15 @@ from embedtrain.engine.checkpoint import full_state_dict, replace_dir
 
 
 def embedding_meta(cfg: RecipeConfig, family: str) -> dict:
+    from embedtrain.model.embedder import resolve_weights
+
     return {"family": family, "pooling": cfg.model.pooling, "attention": cfg.model.attention,
             "instruction_format": cfg.data.instruction_format, "max_length": cfg.data.max_length,
-            "base_model": cfg.model.path, "lora": dataclasses.asdict(cfg.model.lora)}
+            "instructions": dict(cfg.data.instructions), "default_instruction": cfg.data.default_instruction,
+            "dtype": cfg.model.dtype, "base_model": cfg.model.path,
+            # what a LoRA adapter sits on (a stage I run's weights with model.init_from), absolute
+            "base_weights": str(Path(resolve_weights(cfg.model)).resolve()),
+            "lora": dataclasses.asdict(cfg.model.lora)}
 
 
 def save_final(model, cfg: RecipeConfig, tokenizer, run_dir: Path, zero_stage: int, merged: bool,

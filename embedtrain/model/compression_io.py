@@ -30,6 +30,7 @@ def save_compression_final(state: dict[str, torch.Tensor], head: CompressionHead
             "dtype": cfg.model.dtype, "thought_tokens": head.thought, "compression_tokens": head.compression,
             "teacher_dim": head.align.out_features, "instruction_format": cfg.data.instruction_format,
             "max_length": cfg.data.max_length, "response_max_length": options.response_max_length,
+            "instructions": dict(cfg.data.instructions), "default_instruction": cfg.data.default_instruction,
             "pooling": "mean of the projected compression states", "normalize": False}
     (tmp / "embedtrain.json").write_text(json.dumps(meta, indent=1))
     replace_dir(tmp, out)
@@ -44,7 +45,7 @@ def _final_dir(path: str | Path) -> Path:
     return p
 
 
-def load_compression_run(path: str | Path, device: torch.device | None = None):
+def load_compression_run(path: str | Path, device: torch.device | None = None, dtype: str | None = None):
     """(EmbeddingModel with .compression, tokenizer, meta) of a finished compression run, in eval mode."""
     from embedtrain.config.schema import ModelConfig
     from embedtrain.model.embedder import build_model, load_tokenizer
@@ -58,14 +59,14 @@ def load_compression_run(path: str | Path, device: torch.device | None = None):
                                 "holds only the compression tokens and needs its frozen base weights")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(str(final))
-    model = build_model(ModelConfig(path=meta["base_model"], family=meta["family"], dtype=meta["dtype"]),
+    model = build_model(ModelConfig(path=meta["base_model"], family=meta["family"], dtype=dtype or meta["dtype"]),
                         tokenizer, device)
     state = load_file(str(final / WEIGHTS))
     hidden = state["special.weight"].shape[1]
     head = CompressionHead(hidden, meta["teacher_dim"], meta["thought_tokens"], meta["compression_tokens"],
                            dtype=state["special.weight"].dtype)
     head.load_state_dict(state)
-    model.compression = head.to(device)
+    model.compression = head.to(device=device, dtype=model.lm.dtype)
     model.eval()
     return model, tokenizer, meta
 

@@ -1,0 +1,104 @@
+"""`embedtrain.load(path).encode(texts)`: inference on any finished run, packed, no padding.
+
+Works on a run directory (its final/ folder is used, or final_merged/ when asked), a final/ folder,
+or an `embedtrain export` folder: full fine-tuned weights, a LoRA adapter (merged into its base on
+load), and compression-token runs (LLM2Vec-Gen). bf16 on GPU, the run's own dtype on CPU.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+META = "embedtrain.json"
+
+
+def find_final(path: str | Path) -> Path:
+    """The folder holding embedtrain.json: path itself, or a run directory's final/."""
+    p = Path(path)
+    for candidate in (p, p / "final"):
+        if (candidate / META).is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no {META} here or in {p / 'final'} (expected an embedtrain run "
+                            "directory, its final/ folder, or an `embedtrain export` folder)")
+
+
+class Embedder:
+    """A loaded embedding model. encode() batches texts by token count into packed streams."""
+
+    def __init__(self, model, text_format, meta: dict, device: torch.device):
+        self.model, self.text, self.meta, self.device = model, text_format, meta, device
+        self.model.eval()
+
+    @property
+    def dim(self) -> int:
+        if self.meta.get("kind") == "compression":
+            return self.meta["teacher_dim"]
+        return self.model.lm.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, texts: list[str] | str, instruction: str | None = None, batch_size: int = 64,
+               normalize: bool = True, show_progress: bool | None = None) -> torch.Tensor:
+        """(N, D) float32 CPU tensor in input order. `instruction` is applied to every text (queries);
+        documents are encoded without. batch_size: texts per packed forward (sorted by length)."""
+        from tqdm import tqdm
+
+        from embedtrain.data.packing import pack_texts
+        from embedtrain.model.compression import CompressionText, embed_texts
+
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        out = torch.empty(len(texts), self.dim, dtype=torch.float32)
+        instructions = [instruction] * len(texts) if instruction else None
+        if isinstance(self.text, CompressionText):
+            tokenized = self.text.queries(texts, instructions)
+        else:
+            tokenized = self.text.encode(texts, instructions)
+        order = sorted(range(len(texts)), key=lambda i: -len(tokenized[i].ids))
+        show = len(texts) > 4 * batch_size if show_progress is None else show_progress
+        for start in tqdm(range(0, len(order), batch_size), desc="encode", unit="batch", disable=not show):
+            chunk = order[start:start + batch_size]
+            if isinstance(self.text, CompressionText):
+                sub = [texts[i] for i in chunk]
+                vecs, _ = embed_texts(self.model, self.model.compression, self.text, sub,
+                                      [instruction] * len(sub) if instruction else None,
+                                      sum(len(tokenized[i].ids) for i in chunk), self.device)
+            else:
+                stream = pack_texts([tokenized[i] for i in chunk], sum(len(tokenized[i].ids) for i in chunk),
+                                    self.text.pad_id)[0]
+                vecs = self.model(stream.to(self.device)).float()[torch.argsort(torch.tensor(stream.text_ids)).to(self.device)]
+            out[torch.tensor(chunk)] = vecs.cpu()
+        out = F.normalize(out, dim=-1) if normalize else out
+        return out[0] if single else out
+
+
+def load(path: str | Path, device: str | torch.device | None = None, dtype: str | None = None,
+         attn_backend: str = "auto") -> Embedder:
+    """Load a finished run (or an exported folder) for encoding."""
+    from embedtrain.config.schema import ModelConfig
+    from embedtrain.data.packing import TextTokenizer
+    from embedtrain.model.embedder import build_model, load_tokenizer
+
+    final = find_final(path)
+    meta = json.loads((final / META).read_text())
+    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("bfloat16" if device.type == "cuda" else meta.get("dtype", "float32"))
+    if meta.get("kind") == "compression":
+        from embedtrain.model.compression_io import load_compression_run, text_format
+
+        model, tokenizer, meta = load_compression_run(final, device, dtype=dtype)
+        return Embedder(model, text_format(model, tokenizer, meta), meta, device)
+    tokenizer = load_tokenizer(str(final))
+    lora = meta.get("lora", {}).get("enabled") and (final / "adapter_config.json").is_file()
+    weights = (meta.get("base_weights") or meta["base_model"]) if lora else str(final)
+    cfg = ModelConfig(path=weights, family=meta["family"], dtype=dtype, attention=meta["attention"],
+                      pooling=meta["pooling"], attn_backend=attn_backend)
+    model = build_model(cfg, tokenizer, device)
+    if lora:
+        from peft import PeftModel
+
+        model.lm = PeftModel.from_pretrained(model.lm, str(final)).merge_and_unload()
+    text = TextTokenizer(tokenizer, model.family, meta["max_length"], meta["instruction_format"])
+    return Embedder(model, text, meta, device)

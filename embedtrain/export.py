@@ -1,0 +1,137 @@
+"""`embedtrain export RUN_DIR OUT_DIR`: a folder sentence-transformers and plain transformers load.
+
+Contrastive / reconstruction runs (causal attention) export with stock sentence-transformers modules
+only, so the folder needs no embedtrain to load:
+  Transformer (the merged weights; the tokenizer's post-processor adds [BOS] ... suffix EOS exactly as
+  training formatted texts) -> Pooling (lasttoken = the EOS state, or mean without the prompt tokens)
+  -> Normalize. Prompts carry the chat-template prefix and each instruction: `document` is the
+  default prompt, `query` / one per training task hold the instructions.
+Compression runs add their K tokens to the vocabulary (rows written into the embedding matrix), the
+tokenizer appends them to every text, and the two maps become Dense layers after a pooling module
+that averages the last n states (embedtrain.st_modules, so loading needs embedtrain installed):
+mean over n commutes with the two affine maps.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from embedtrain.api import META, find_final
+from embedtrain.engine.checkpoint import replace_dir
+from embedtrain.families import FAMILIES
+
+
+def _post_processor(tokenizer, head_ids: list[int], tail_ids: list[int]):
+    """A TemplateProcessing that wraps every text as head + text + tail (ids as given)."""
+    from tokenizers import processors
+
+    names = [f"__et_head{i}" for i in range(len(head_ids))], [f"__et_tail{i}" for i in range(len(tail_ids))]
+    single = " ".join([*names[0], "$A", *names[1]])
+    specials = list(zip(names[0], head_ids)) + list(zip(names[1], tail_ids))
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=None,
+                                                                               special_tokens=specials)
+
+
+def _load_lm(final: Path, meta: dict):
+    from transformers import AutoModelForCausalLM
+
+    lora = meta.get("lora", {}).get("enabled") and (final / "adapter_config.json").is_file()
+    dtype = torch.float32 if meta.get("dtype", "float32") == "float32" else torch.bfloat16
+    if not lora:
+        return AutoModelForCausalLM.from_pretrained(str(final), dtype=dtype, use_safetensors=True)
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(meta.get("base_weights") or meta["base_model"], dtype=dtype,
+                                                use_safetensors=True)
+    return PeftModel.from_pretrained(base, str(final)).merge_and_unload()
+
+
+def export(run_dir: str | Path, out_dir: str | Path) -> Path:
+    from sentence_transformers import SentenceTransformer, models
+
+    from embedtrain.model.embedder import load_tokenizer
+
+    final = find_final(run_dir)
+    meta = json.loads((final / META).read_text())
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    hf_dir = tmp / "_hf"
+    tokenizer = load_tokenizer(str(final))
+    family = FAMILIES[meta["family"]]
+    vocab = tokenizer.get_vocab()
+    bos = [vocab[family.bos_token]] if family.bos_token else []
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = family.eos_token
+    if meta.get("kind") == "compression":
+        return _export_compression(final, meta, tokenizer, family, bos, out, tmp)
+    if meta["attention"] != "causal":
+        raise ValueError(f"{final}: bidirectional runs cannot be expressed with stock sentence-transformers "
+                         "modules (a plain transformers model attends causally); use embedtrain.load()")
+    lm = _load_lm(final, meta)
+    suffix = tokenizer(family.suffix, add_special_tokens=False)["input_ids"] if family.suffix else []
+    _post_processor(tokenizer, bos, suffix + [vocab[family.eos_token]])
+    lm.save_pretrained(str(hf_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(hf_dir))
+    transformer = models.Transformer(str(hf_dir), max_seq_length=meta["max_length"])
+    mode = "lasttoken" if meta["pooling"] == "last" else "mean"
+    dim = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
+    pooling = models.Pooling(dim, pooling_mode=mode, include_prompt=False)
+    fmt = meta["instruction_format"]
+    prompts = {"document": family.prefix}
+    for task, instruction in (meta.get("instructions") or {}).items():
+        prompts[task] = family.prefix + fmt.format(instruction=instruction)
+    if meta.get("default_instruction"):
+        prompts["query"] = family.prefix + fmt.format(instruction=meta["default_instruction"])
+    st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=prompts,
+                             default_prompt_name="document")
+    return _save(st, meta, out, tmp, hf_dir)
+
+
+def _save(st, meta: dict, out: Path, tmp: Path, hf_dir: Path) -> Path:
+    import shutil
+
+    st.save(str(tmp))
+    shutil.rmtree(hf_dir, ignore_errors=True)
+    (tmp / META).write_text(json.dumps(dict(meta, exported=True), indent=1))
+    replace_dir(tmp, out)
+    return out
+
+
+def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[int], out: Path, tmp: Path) -> Path:
+    from safetensors.torch import load_file
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoModelForCausalLM
+
+    from embedtrain.model.compression_io import WEIGHTS
+    from embedtrain.st_modules import LastTokensMean
+
+    m, n = meta["thought_tokens"], meta["compression_tokens"]
+    state = load_file(str(final / WEIGHTS))
+    names = [f"<|embedtrain_thought_{i}|>" for i in range(m)] + [f"<|embedtrain_compress_{i}|>" for i in range(n)]
+    tokenizer.add_special_tokens({"additional_special_tokens": names}, replace_extra_special_tokens=False)
+    ids = tokenizer.convert_tokens_to_ids(names)
+    dtype = torch.float32 if meta.get("dtype", "float32") == "float32" else torch.bfloat16
+    lm = AutoModelForCausalLM.from_pretrained(meta["base_model"], dtype=dtype, use_safetensors=True)
+    lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        lm.get_input_embeddings().weight[torch.tensor(ids)] = state["special.weight"].to(dtype)
+    _post_processor(tokenizer, bos, ids)
+    hf_dir = tmp / "_hf"
+    lm.save_pretrained(str(hf_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(hf_dir))
+    transformer = models.Transformer(str(hf_dir), max_seq_length=meta["max_length"] + m + n)
+    hidden = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
+    recon = models.Dense(hidden, hidden, bias=True, activation_function=torch.nn.Identity())
+    align = models.Dense(hidden, meta["teacher_dim"], bias=True, activation_function=torch.nn.Identity())
+    with torch.no_grad():
+        for dense, key in ((recon, "recon"), (align, "align")):
+            dense.linear.weight.copy_(state[f"{key}.weight"].float())
+            dense.linear.bias.copy_(state[f"{key}.bias"].float())
+    fmt = meta["instruction_format"]
+    prompts = {task: fmt.format(instruction=inst) for task, inst in (meta.get("instructions") or {}).items()}
+    st = SentenceTransformer(modules=[transformer, LastTokensMean(hidden, n), recon, align, models.Normalize()],
+                             prompts=prompts or None)
+    return _save(st, meta, out, tmp, hf_dir)

@@ -1,0 +1,32 @@
+"""sentence-transformers modules for exported embedtrain models (loaded by import path; no remote code).
+
+LastTokensMean: mean of the last `num_tokens` real tokens' states, the pooling of compression-token
+models (their n compression tokens close every text). Left or right padding both work.
+"""
+from __future__ import annotations
+
+import torch
+from sentence_transformers.models import Module
+
+
+class LastTokensMean(Module):
+    config_keys = ["embedding_dimension", "num_tokens"]
+
+    def __init__(self, embedding_dimension: int, num_tokens: int):
+        super().__init__()
+        self.embedding_dimension, self.num_tokens = embedding_dimension, num_tokens
+
+    def forward(self, features: dict, **kwargs) -> dict:
+        hidden_BTH = features["token_embeddings"]
+        mask_BT = features["attention_mask"].to(hidden_BTH.dtype)
+        rank_BT = mask_BT.cumsum(1)  # 1-based index of each real token
+        lengths_B = mask_BT.sum(1, keepdim=True)
+        keep_BT = mask_BT * (rank_BT > lengths_B - self.num_tokens).to(hidden_BTH.dtype)
+        features["sentence_embedding"] = (hidden_BTH * keep_BT[..., None]).sum(1) / self.num_tokens
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        return self.embedding_dimension
+
+    def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        self.save_config(output_path)

@@ -1,0 +1,123 @@
+"""Issue 5 tests 1-2: `embedtrain.load().encode` (packed) equals one text at a time and a stock HF
+reference; `embedtrain export` folders loaded by sentence-transformers (and plain transformers) give
+the in-library embeddings, for an EOS-pooled LoRA run, a mean-pooled run and a compression run."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+from transformers import AutoModel, AutoModelForCausalLM
+
+import embedtrain
+from embedtrain.config.loader import load_recipe
+from embedtrain.data.packing import TextTokenizer
+from embedtrain.export import export
+from embedtrain.families import FAMILIES
+from embedtrain.generation import generate
+from embedtrain.model.embedder import load_tokenizer
+from embedtrain.tiny import make_tiny_model
+
+from test_distributed import DATA, _env
+
+INSTRUCTION = "Given a dictionary definition, retrieve the word it defines"
+TEXTS = ["a small domesticated carnivorous mammal", "the act of running quickly over a long distance", "sea",
+         "a word", "any of various large trees with broad leaves and a rounded crown " * 3]
+
+
+def _train(recipe, tmp, *sets):
+    cmd = [sys.executable, "-m", "embedtrain", "train", str(recipe)] + [a for s in sets for a in ("--set", s)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    model = make_tiny_model("chatml", root / "model")
+    data = root / "train.jsonl"
+    data.write_text("".join(open(DATA).readlines()[:64]))
+    (root / "r.yaml").write_text(f"""
+run: {{progress_bar: false}}
+model: {{path: {model}, family: chatml}}
+data: {{train: [{data}], max_length: 160, max_tokens_per_batch: 2048,
+        instructions: {{wordnet_def2lemma: "{INSTRUCTION}"}}}}
+train: {{batch_size: 8, steps: 2, lr: 1.0e-2}}
+""")
+    _train(root / "r.yaml", root, "run.output_dir=lora", "model.pooling=last", "model.lora.enabled=true",
+           "model.lora.r=4", "model.lora.alpha=8")
+    _train(root / "r.yaml", root, "run.output_dir=mean", "model.pooling=mean")
+    # a compression run on a generated folder (the tiny model answers, its own mean states as teacher)
+    queries = root / "q.jsonl"
+    queries.write_text("".join(f'{{"query": "{t}"}}\n' for t in TEXTS * 4))
+    (root / "c.yaml").write_text(f"""
+run: {{progress_bar: false, output_dir: {root / 'comp'}}}
+model: {{path: {model}, family: chatml}}
+data: {{train: [{root / 'gen'}], max_length: 48, max_tokens_per_batch: 512, instruction_format: "{{instruction}}"}}
+train: {{objective: compression, batch_size: 4, steps: 2, lr: 1.0e-2}}
+objective: {{compression: {{thought_tokens: 2, compression_tokens: 3, response_max_length: 16}}}}
+teacher: {{path: {model}, kind: hf, pooling: mean}}
+generate: {{queries: [{queries}], output_dir: {root / 'gen'}, max_new_tokens: 8, shard_size: 10}}
+""")
+    generate(load_recipe(root / "c.yaml")[0])
+    _train(root / "c.yaml", root)
+    return root, model
+
+
+@pytest.mark.parametrize("name", ["lora", "mean", "comp"])
+def test_packed_encode_equals_one_text_at_a_time(runs, name):
+    root, _ = runs
+    m = embedtrain.load(root / name)
+    packed = m.encode(TEXTS, instruction=INSTRUCTION, batch_size=64)
+    single = torch.stack([m.encode(t, instruction=INSTRUCTION) for t in TEXTS])
+    assert packed.shape[0] == len(TEXTS) and (packed - single).abs().max() <= 1e-5
+
+
+def test_encode_equals_stock_hf_reference(runs):
+    """EOS pooling of the LoRA run = the merged weights run by a stock HF model, one text, eager attention."""
+    root, model = runs
+    merged = AutoModelForCausalLM.from_pretrained(str(model), attn_implementation="eager")
+    from peft import PeftModel
+
+    merged = PeftModel.from_pretrained(merged, str(root / "lora" / "final")).merge_and_unload()
+    tok = load_tokenizer(str(model))
+    ids = TextTokenizer(tok, FAMILIES["chatml"], 160, "Instruct: {instruction}\nQuery: ").encode(
+        TEXTS, [INSTRUCTION] * len(TEXTS))
+    with torch.no_grad():
+        ref = torch.stack([merged.model(input_ids=torch.tensor(t.ids)[None]).last_hidden_state[0, -1] for t in ids])
+    got = embedtrain.load(root / "lora").encode(TEXTS, instruction=INSTRUCTION)
+    assert (got - F.normalize(ref, dim=-1)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["lora", "mean", "comp"])
+def test_export_loads_in_sentence_transformers(runs, name):
+    root, _ = runs
+    out = export(root / name, root / f"st_{name}")
+    ours = embedtrain.load(root / name)
+    st = SentenceTransformer(str(out), device="cpu", trust_remote_code=name == "comp")
+    if name == "comp":
+        queries = st.encode([t for t in TEXTS], convert_to_tensor=True)
+        expected = ours.encode(TEXTS)
+    else:
+        queries = st.encode(TEXTS, prompt_name="wordnet_def2lemma", convert_to_tensor=True)
+        expected = ours.encode(TEXTS, instruction=INSTRUCTION)
+        docs = st.encode(TEXTS, convert_to_tensor=True)  # the default prompt: documents, no instruction
+        ours_docs = ours.encode(TEXTS)
+        assert (docs * ours_docs).sum(-1).min() >= 0.9999
+        # the instruction really changes the vectors (a random tiny model's vectors are all alike)
+        assert (docs - expected).abs().max() > 100 * (docs - ours_docs).abs().max() + 1e-3
+    cos = (queries * expected).sum(-1)
+    assert cos.min() >= 0.9999, cos
+    # plain transformers loads the weights too
+    base = AutoModel.from_pretrained(str(out))
+    assert base.config.hidden_size == 64
+
+
+def test_bidirectional_run_export_fails_loudly(runs):
+    root, _ = runs
+    _train(root / "r.yaml", root, "run.output_dir=bidir", "model.attention=bidirectional", "model.pooling=mean")
+    with pytest.raises(ValueError, match="bidirectional"):
+        export(root / "bidir", root / "st_bidir")
+    m = embedtrain.load(root / "bidir")  # the library itself encodes it
+    assert m.encode(["x", "y"]).shape == (2, 64)
