@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["embedtrain", "embedtrain.*"]),
+    package_data={"embedtrain.evaluation": ["*.json"]},
     install_requires=[
         "torch>=2.4",
         "deepspeed>=0.17",

@@ -74,6 +74,24 @@ class Embedder:
         return out[0] if single else out
 
 
+def from_base(model_path: str, pooling: str = "mean", family: str = "auto", attention: str = "causal",
+              instruction_format: str = "Instruct: {instruction}\nQuery: ", max_length: int = 512,
+              device: str | torch.device | None = None, dtype: str | None = None) -> Embedder:
+    """An untrained model folder as an embedder (baselines): the family template, the pooling asked for."""
+    from embedtrain.config.schema import ModelConfig
+    from embedtrain.data.packing import TextTokenizer
+    from embedtrain.model.embedder import build_model, load_tokenizer
+
+    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    tokenizer = load_tokenizer(model_path)
+    model = build_model(ModelConfig(path=model_path, family=family, dtype=dtype, attention=attention, pooling=pooling),
+                        tokenizer, device)
+    meta = {"family": model.family.name, "pooling": pooling, "attention": attention, "max_length": max_length,
+            "instruction_format": instruction_format, "base_model": model_path, "dtype": dtype}
+    return Embedder(model, TextTokenizer(tokenizer, model.family, max_length, instruction_format), meta, device)
+
+
 def load(path: str | Path, device: str | torch.device | None = None, dtype: str | None = None,
          attn_backend: str = "auto") -> Embedder:
     """Load a finished run (or an exported folder) for encoding."""

@@ -28,36 +28,58 @@ def default_instructions() -> dict[str, str]:
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
-def make_encoder(embedder, name: str, instructions: dict[str, str], batch_size: int):
-    """An mteb encoder around embedtrain.load()'s Embedder."""
+def make_encoder(encode_fn, name: str, dim: int, instructions: dict[str, str | None], n_params: int | None = None,
+                 max_tokens: int | None = None):
+    """An mteb encoder around encode_fn(texts, instruction) -> (N, D) array/tensor: embedtrain models,
+    and the baselines of the quality table (teacher, TF-IDF) through the same instruction policy."""
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ModelMeta
     from mteb.types import PromptType
 
     class EmbedtrainEncoder(AbsEncoder):
         def __init__(self):
-            self.embedder, self.instructions = embedder, instructions
-            n_params = sum(p.numel() for p in embedder.model.parameters())
+            self.instructions = instructions
             self.mteb_model_meta = ModelMeta(
                 loader=None, name=f"embedtrain/{name}", revision="local", release_date=None, languages=None,
-                n_parameters=n_params, memory_usage_mb=None, max_tokens=float(embedder.meta.get("max_length", 512)),
-                embed_dim=embedder.dim, license=None, open_weights=False, public_training_code=None,
-                public_training_data=None, similarity_fn_name="cosine", framework=["PyTorch"], reference=None,
-                use_instructions=True, training_datasets=None, model_type=["dense"])
+                n_parameters=n_params, memory_usage_mb=None, max_tokens=max_tokens, embed_dim=dim, license=None,
+                open_weights=False, public_training_code=None, public_training_data=None,
+                similarity_fn_name="cosine", framework=["PyTorch"], reference=None, use_instructions=True,
+                training_datasets=None, model_type=["dense"])
 
         def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
             texts = [t for batch in inputs for t in batch["text"]]
             instruction = None
             if prompt_type != PromptType.document:
-                instruction = self.instructions.get(task_metadata.name)
-                if instruction is None:
+                if task_metadata.name not in self.instructions:
                     log.warning("no instruction for %s in the instructions file: encoding without", task_metadata.name)
                     self.instructions[task_metadata.name] = None
-            vectors = self.embedder.encode(texts, instruction=instruction, batch_size=batch_size, normalize=True,
-                                           show_progress=False)
-            return vectors.numpy().astype(np.float32)
+                instruction = self.instructions[task_metadata.name]
+            vectors = encode_fn(texts, instruction)
+            vectors = vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors)
+            return vectors.astype(np.float32)
 
     return EmbedtrainEncoder()
+
+
+def embedder_encoder(embedder, name: str, instructions: dict[str, str | None], batch_size: int = 64):
+    def encode_fn(texts, instruction):
+        return embedder.encode(texts, instruction=instruction, batch_size=batch_size, normalize=True,
+                               show_progress=False)
+
+    return make_encoder(encode_fn, name, embedder.dim, instructions,
+                        sum(p.numel() for p in embedder.model.parameters()), embedder.meta.get("max_length"))
+
+
+def load_instructions(instructions_file: str | None = None, suite_dir: str | None = None) -> dict[str, str]:
+    instructions = default_instructions()
+    if suite_dir and (Path(suite_dir) / "suite.json").is_file():
+        instructions.update(json.loads((Path(suite_dir) / "suite.json").read_text()).get("instructions", {}))
+    if instructions_file:
+        try:
+            instructions.update(json.loads(Path(instructions_file).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise EvalError(f"--instructions {instructions_file}: {exc}") from None
+    return instructions
 
 
 def _offline_hint(task_name: str, exc: Exception) -> str | None:
@@ -95,26 +117,11 @@ def resolve_tasks(names: list[str], suite_dir: str | None) -> list:
     return tasks
 
 
-def run_eval(run_dir: str, task_names: list[str], output: str, instructions_file: str | None = None,
-             suite_dir: str | None = None, batch_size: int = 64, device: str | None = None) -> dict[str, float]:
-    """Evaluate and return {task: main score}; writes mteb JSON and summary.md under output."""
+def evaluate_encoder(encoder, tasks: list, output: str | Path, title: str) -> dict[str, float]:
+    """mteb on every task (one at a time, so an offline failure names its task); JSON + summary.md."""
     import mteb
     from mteb.cache import ResultCache
 
-    import embedtrain
-
-    instructions = default_instructions()
-    if suite_dir and (Path(suite_dir) / "suite.json").is_file():
-        instructions.update(json.loads((Path(suite_dir) / "suite.json").read_text()).get("instructions", {}))
-    if instructions_file:
-        try:
-            instructions.update(json.loads(Path(instructions_file).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EvalError(f"--instructions {instructions_file}: {exc}") from None
-    tasks = resolve_tasks(task_names, suite_dir)
-    embedder = embedtrain.load(run_dir, device=device)
-    name = Path(run_dir).resolve().name.replace("/", "_") or "model"
-    encoder = make_encoder(embedder, name, dict(instructions), batch_size)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     scores: dict[str, float] = {}
@@ -135,6 +142,19 @@ def run_eval(run_dir: str, task_names: list[str], output: str, instructions_file
         lines.append(f"| {n} | {task.metadata.type} | {task.metadata.main_score} | {scores.get(n, float('nan')):.4f} |")
     if scores:
         lines.append(f"| **mean** | | | {sum(scores.values()) / len(scores):.4f} |")
-    (out / "summary.md").write_text(f"# {run_dir}\n\n" + "\n".join(lines) + "\n")
+    (out / "summary.md").write_text(f"# {title}\n\n" + "\n".join(lines) + "\n")
+    (out / "scores.json").write_text(json.dumps(scores, indent=1))
     print("\n".join(lines))
     return scores
+
+
+def run_eval(run_dir: str, task_names: list[str], output: str, instructions_file: str | None = None,
+             suite_dir: str | None = None, batch_size: int = 64, device: str | None = None) -> dict[str, float]:
+    """Evaluate a run and return {task: main score}; writes mteb JSON and summary.md under output."""
+    import embedtrain
+
+    instructions = load_instructions(instructions_file, suite_dir)
+    tasks = resolve_tasks(task_names, suite_dir)
+    embedder = embedtrain.load(run_dir, device=device)
+    name = Path(run_dir).resolve().name or "model"
+    return evaluate_encoder(embedder_encoder(embedder, name, instructions, batch_size), tasks, output, str(run_dir))
