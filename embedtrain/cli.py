@@ -19,8 +19,15 @@ def _train(args) -> int:
 
     from embedtrain.engine.preemption import REQUEUE_EXIT_CODE
 
+    resume = args.resume
+    if args.auto_resume and not resume:
+        from pathlib import Path
+
+        from embedtrain.engine.checkpoint import latest_tag
+
+        resume = latest_tag(Path(cfg.run.output_dir) / "checkpoints") is not None
     try:
-        result = train(cfg, origin, resume=args.resume)
+        result = train(cfg, origin, resume=resume)
     except (DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -137,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "train":
             p.add_argument("--resume", action="store_true",
                            help="continue exactly from the latest complete checkpoint in run.output_dir")
+            p.add_argument("--auto-resume", action="store_true",
+                           help="resume when run.output_dir has a complete checkpoint, else start fresh "
+                                "(requeued batch jobs)")
         p.set_defaults(fn=fn)
     p = sub.add_parser("generate", help="compression data: the LLM answers each query, the teacher embeds the answers")
     p.add_argument("recipe", help="recipe YAML file (model.path, generate:, teacher:)")

@@ -3,7 +3,9 @@ before the time limit) make every rank finish its current step, checkpoint, and 
 REQUEUE_EXIT_CODE, which launch scripts use to requeue the job; `--resume` then continues exactly."""
 from __future__ import annotations
 
+import os
 import signal
+from pathlib import Path
 
 from embedtrain import distributed as D
 
@@ -28,3 +30,14 @@ class StopSignals:
     def restore(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+
+def mark_requeue(step: int, why: str) -> None:
+    """Tell a batch script that this job stopped early and wants a requeue: rank 0 writes the file named
+    by EMBEDTRAIN_REQUEUE_FILE (the sbatch template sets it; launchers in between may hide exit codes)."""
+    target = os.environ.get("EMBEDTRAIN_REQUEUE_FILE")
+    if target and D.rank() == 0:
+        path = Path(target)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(f"stopped after step {step}: {why}\n")
+        os.replace(tmp, path)

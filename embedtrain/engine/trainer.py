@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from embedtrain.engine.checkpoint import atomic_write_text, load_checkpoint, sav
 from embedtrain.engine.ds_config import batch_plan, build_ds_config
 from embedtrain.engine.final import save_final
 from embedtrain.engine.metrics import MetricsLogger, peak_memory_gb
-from embedtrain.engine.preemption import StopSignals
+from embedtrain.engine.preemption import StopSignals, mark_requeue
+from embedtrain.engine.watchdog import RankWatchdog
 from embedtrain.engine.schedule import build_optimizer, build_scheduler
 from embedtrain.model.embedder import build_model, load_tokenizer
 from embedtrain.objectives.registry import get_objective
@@ -124,6 +126,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     engine.train()
     losses = []
     signals = StopSignals()
+    watchdog = RankWatchdog().start() if world > 1 else None  # a dead rank ends the others in bounded time
     try:
         for step in range(start, cfg.train.steps):
             t0 = time.perf_counter()
@@ -158,6 +161,9 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                                 cfg.run.keep_checkpoints, device)
             if stop and not done:
                 metrics_log.close()
+                if preempted:
+                    mark_requeue(step + 1, signals.name())
+                _finish(watchdog)
                 why = f"received {signals.name()}" if preempted else "run.stop_at_step"
                 log.warning("stopped after step %d (%s); checkpoint written, continue with --resume", step + 1, why)
                 return {"losses": losses, "final_dir": None, "eval_before": before, "eval_after": None,
@@ -170,7 +176,27 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         if rank == 0 and before and after:
             print(f"held-out retrieval ({cfg.eval.retrieval}): R@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}"
                   f"   MRR {before['mrr']:.3f} -> {after['mrr']:.3f}", flush=True)
+        _finish(watchdog)
         return {"losses": losses, "final_dir": str(final_dir), "eval_before": before, "eval_after": after,
                 "start_step": start, "preempted": False, "engine": engine}
+    except RuntimeError as exc:
+        silent = watchdog.silent_ranks() if watchdog is not None else []
+        if silent:
+            msg = f"rank(s) {', '.join(map(str, silent))} stopped sending heartbeats: they died or their node is gone"
+            print(f"embedtrain rank {rank}: {msg}; the step failed with: {str(exc).splitlines()[0][:300]}",
+                  file=sys.stderr, flush=True)
+            raise RuntimeError(msg) from exc
+        raise
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         signals.restore()
+
+
+def _finish(watchdog) -> None:
+    """Every rank reaches this point before any may exit (an exiting rank 0 takes the store with it)."""
+    if watchdog is not None:
+        import torch.distributed as dist
+
+        dist.barrier()
+        watchdog.stop()
