@@ -32,16 +32,16 @@ GEN_SYMMETRIC = "Generate text that is semantically similar to this text: "
 GEN_DOCUMENT = "Summarize the following passage: "
 
 
-def tfidf_encoder(tasks, make_encoder):
-    """TF-IDF fitted once on every text of the suite (queries, documents, sentences)."""
+def tfidf_encoder(suite_dir: str, make_encoder):
+    """TF-IDF fitted once on every string in the suite's data files (queries, documents, sentences)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     corpus = []
-    for task in tasks:
-        task.load_data()
-        for split in task.dataset.values() if hasattr(task.dataset, "values") else []:
-            corpus.extend(_texts(split))
-    vec = TfidfVectorizer(sublinear_tf=True, max_features=30000).fit(corpus or ["empty"])
+    for path in sorted(Path(suite_dir).rglob("*.jsonl")):
+        for line in open(path, encoding="utf-8"):
+            if line.strip():
+                corpus.extend(_strings(json.loads(line)))
+    vec = TfidfVectorizer(sublinear_tf=True, max_features=30000).fit(corpus)
 
     def encode(texts, instruction):
         x = torch.tensor(vec.transform(texts).toarray(), dtype=torch.float32)
@@ -50,19 +50,13 @@ def tfidf_encoder(tasks, make_encoder):
     return make_encoder(encode, "tfidf", len(vec.vocabulary_), {})
 
 
-def _texts(obj, depth=0):
-    """Every string reachable in a task's loaded data (datasets, dicts, lists): TF-IDF's fitting corpus."""
-    if depth > 6:
-        return []
+def _strings(obj) -> list[str]:
     if isinstance(obj, str):
         return [obj]
     if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _texts(v, depth + 1)]
-    if hasattr(obj, "column_names") and hasattr(obj, "features"):  # a datasets.Dataset
-        return [t for c in obj.column_names if str(obj.features[c]).startswith("Value('string'") or
-                getattr(obj.features[c], "dtype", "") == "string" for t in obj[c] if isinstance(t, str)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj[:100000] for t in _texts(v, depth + 1)]
+        return [t for v in obj.values() for t in _strings(v)]
+    if isinstance(obj, list):
+        return [t for v in obj for t in _strings(v)]
     return []
 
 
@@ -107,7 +101,7 @@ def main(argv=None) -> int:
         "anchor_s1_s2": lambda: embedder_encoder(embedtrain.load(args.anchor), "anchor", dict(instructions)),
         "compression": lambda: _compression(embedtrain.load(args.compression), tasks, make_encoder),
         "teacher_minilm": lambda: teacher_encoder(make_encoder),
-        "tfidf": lambda: tfidf_encoder(tasks, make_encoder),
+        "tfidf": lambda: tfidf_encoder(args.suite, make_encoder),
     }
     scores, seconds = {}, {}
     for name, build in columns.items():

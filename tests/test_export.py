@@ -121,3 +121,29 @@ def test_bidirectional_run_export_fails_loudly(runs):
         export(root / "bidir", root / "st_bidir")
     m = embedtrain.load(root / "bidir")  # the library itself encodes it
     assert m.encode(["x", "y"]).shape == (2, 64)
+
+
+def test_eval_command_runs_mteb_offline_on_local_tasks(runs, tmp_path):
+    """Test 3: `embedtrain eval` end to end, HF_HUB_OFFLINE=1, on local suite tasks; mteb's JSON + summary."""
+    import json
+
+    from test_eval_suite_offline import _write_mini_suite
+
+    root, _ = runs
+    suite = tmp_path / "suite"
+    _write_mini_suite(suite)
+    out = tmp_path / "eval"
+    env = dict(_env(), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    cmd = [sys.executable, "-m", "embedtrain", "eval", str(root / "lora"), "--suite", str(suite), "--tasks",
+           "MiniRetrieval", "MiniSTS", "MiniClassification", "--output", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    scores = json.loads((out / "scores.json").read_text())
+    assert set(scores) == {"MiniRetrieval", "MiniSTS", "MiniClassification"}
+    written = {p.stem: json.loads(p.read_text()) for p in out.rglob("Mini*.json")}  # mteb's own result files
+    assert set(written) == set(scores)
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert "| MiniSTS | STS | cosine_spearman |" in (out / "summary.md").read_text()
+    bad = subprocess.run(cmd[:-2] + ["--tasks", "NoSuchTask", "--output", str(out)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown task(s) NoSuchTask" in bad.stderr
