@@ -174,3 +174,68 @@ def test_source_parsers_on_hand_written_lines(tmp_path):
     assert foo == {"package": "foo-tools", "source": "foo", "section": "games", "short": "play foo",
                    "long": "Foo is a game.\nIt has levels."}
     assert bar["long"] == "" and bar["source"] == "bar"
+
+
+def test_quickstart_training_data_is_excluded(tmp_path, monkeypatch):
+    from embedtrain.evaluation import suite_tasks_data as td
+
+    lines = [json.dumps({"query": "a large wild cat of Africa", "positive": "lion", "negative": ["tiger", "Puma"],
+                         "task": "wordnet_def2lemma"}),
+             "",
+             json.dumps({"query": "salmon", "positive": "a fish that swims upstream to spawn",
+                         "negative": ["a small silvery fish, e.g."], "task": "wordnet_lemma2def"})]
+    ex = sb.exclusion_from_lines(lines, "train.jsonl")
+    assert ex.lemmas == {"lion", "tiger", "puma", "salmon"} and ex.lines == 3
+    assert ex.definitions == {"a large wild cat of africa", "a fish that swims upstream to spawn",
+                              "a small silvery fish"}
+    assert ex.has_lemma("Lion") and not ex.has_lemma("lioness")
+    assert ex.has_definition('a small  silvery fish; "sprats are small"') and not ex.has_definition("a small fish")
+    with pytest.raises(sb.SourceError, match=r"train.jsonl:2"):
+        sb.exclusion_from_lines([lines[0], '{"query": "x", "task": "other"}'], "train.jsonl")
+    assert sb.read_exclusion(tmp_path / "missing.jsonl") is None  # an installed wheel: "excluded": null
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    assert sb.read_exclusion(tmp_path / "train.jsonl").definitions == ex.definitions
+    repo = sb.read_exclusion()  # the quickstart's own file, found from the package
+    assert repo.file == "recipes/quickstart/data/train.jsonl" and repo.lemmas and repo.definitions
+
+    # WordNet: lion and tiger can be no candidate, the cat defined as in train no query, the fish no example
+    syn = {("n", "00000001"): {"lex": 6, "words": ["feline"], "hyper": [], "definition": "any of the cats"}}
+    cats = {"lion": "a big cat with a mane", "tiger": "a big striped cat", "ocelot": "a large wild cat of Africa",
+            "lynx": "a short-tailed wildcat with tufted ears", "cheetah": "the fastest animal on land",
+            "jaguar": "a big spotted cat of the Americas", "serval": "a slender African wildcat",
+            "caracal": "a desert wildcat with black ears", "margay": "a small spotted wildcat of the forest"}
+    for i, (word, definition) in enumerate(cats.items()):
+        syn[("n", f"1{i:07}")] = {"lex": 6, "words": [word], "hyper": [("n", "00000001")], "definition": definition}
+    fish = ["a fish that swims upstream to spawn", "A small silvery fish, e.g."]
+    for i, definition in enumerate([f"an animal of kind {i} with fur" for i in range(60)] + fish):
+        syn[("n", f"2{i:07}")] = {"lex": 5, "words": [f"beast{i}"], "hyper": [], "definition": definition}
+    monkeypatch.setattr(td, "WORDNET_CLUSTERS", {5: "animal"})
+    data, counts = td.build_wordnet(syn, 0, ex)
+    assert counts == {"EmbedtrainWordNetReranking": {"synsets": 9, "lemmas": 2, "definitions": 1},
+                      "EmbedtrainWordNetClustering": {"synsets": 62, "definitions": 2}}
+    rerank = data["EmbedtrainWordNetReranking"]["test"]
+    corpus_words = {syn[("n", d["id"][1:])]["words"][0] for d in rerank["corpus"]}
+    assert rerank["queries"] and not corpus_words & {"lion", "tiger"}
+    assert "a large wild cat of Africa" not in {q["text"] for q in rerank["queries"]}
+    assert not {e["text"] for e in data["EmbedtrainWordNetClustering"]["test"]["examples"]} & set(fish)
+    sb.check_excluded(data, ex)
+    plain, plain_counts = td.build_wordnet(syn, 0)
+    assert plain_counts["EmbedtrainWordNetReranking"] == {"synsets": 9, "lemmas": 0, "definitions": 0}
+    assert {d["text"] for d in plain["EmbedtrainWordNetReranking"]["test"]["corpus"]} & {"lion", "tiger"}
+    with pytest.raises(AssertionError, match=r"EmbedtrainWordNetReranking: \d lemmas of train.jsonl left in"):
+        sb.check_excluded(plain, ex)
+
+    # GCIDE: salmon is a lemma of the training file, so only retreat and lantern are left to retrieve
+    monkeypatch.setitem(td.N_CORPUS, "gcide", 2)
+    monkeypatch.setattr(td, "N_QUERIES", 1)
+    entries = [(["Salmon"], "Salmon \\Sal\"mon\\, n. [F. saumon.]\n   A fish of the genus Oncorhynchus, living "
+                            "in the sea and spawning in rivers.\n   [1913 Webster]\n\n"),
+               (["Retreat"], "Retreat \\Re*treat\"\\, v. i.\n   To withdraw from any position or place; as, the "
+                             "army fell back.\n   [1913 Webster]\n\n"),
+               (["Lantern"], "Lantern \\Lan\"tern\\, n.\n   Something inclosing a light, and protecting it from "
+                             "wind, rain, etc.\n   [1913 Webster]\n\n")]
+    data, counts = td.build_gcide(entries, {"salmon", "retreat", "lantern"}, 0, ex)
+    assert counts == {"EmbedtrainGcideRetrieval": {"words": 1, "usable": 3}}
+    assert {d["text"] for d in data["EmbedtrainGcideRetrieval"]["test"]["corpus"]} == {"retreat", "lantern"}
+    assert td.build_gcide(entries, {"salmon", "retreat", "lantern"}, 0)[1]["EmbedtrainGcideRetrieval"]["words"] == 0
+    assert ex.record(counts)["tasks"] == counts and ex.record(counts)["file"] == "train.jsonl"

@@ -46,7 +46,7 @@ data: {{train: [{data}], max_length: 160, max_tokens_per_batch: 2048,
 train: {{batch_size: 8, steps: 2, lr: 1.0e-2}}
 """)
     _train(root / "r.yaml", root, "run.output_dir=lora", "model.pooling=last", "model.lora.enabled=true",
-           "model.lora.r=4", "model.lora.alpha=8")
+           "model.lora.r=4", "model.lora.alpha=8", "run.save_merged=true")
     _train(root / "r.yaml", root, "run.output_dir=mean", "model.pooling=mean")
     # a compression run on a generated folder (the tiny model answers, its own mean states as teacher)
     queries = root / "q.jsonl"
@@ -147,3 +147,19 @@ def test_eval_command_runs_mteb_offline_on_local_tasks(runs, tmp_path):
     bad = subprocess.run(cmd[:-2] + ["--tasks", "NoSuchTask", "--output", str(out)], env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "unknown task(s) NoSuchTask" in bad.stderr
+
+
+def test_merged_lora_folder_loads_the_same(runs):
+    root, _ = runs
+    a = embedtrain.load(root / "lora").encode(TEXTS, instruction=INSTRUCTION)
+    b = embedtrain.load(root / "lora" / "final_merged").encode(TEXTS, instruction=INSTRUCTION)
+    assert (a - b).abs().max() <= 1e-5
+
+
+def test_eval_says_plainly_when_mteb_data_is_unreachable(runs, tmp_path):
+    root, _ = runs
+    env = dict(_env(), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run([sys.executable, "-m", "embedtrain", "eval", str(root / "mean"), "--tasks", "STS12",
+                           "--output", str(tmp_path / "o")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "mteb task STS12: its dataset is not on disk and the Hugging Face hub is unreachable" in proc.stderr
