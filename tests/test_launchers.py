@@ -13,8 +13,8 @@ from embedtrain.tiny import make_tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(cmd, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+def _run(cmd, tmp_path, **extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -43,10 +43,14 @@ deepspeed: {{zero_stage: 2}}
     port = str(29500 + os.getpid() % 1000)
     _run([launcher, "--num_gpus", "2", "--master_port", port, "--module", "embedtrain", "train", str(recipe),
           "--set", "run.output_dir=ds"], tmp_path)
+    # the workstation helper (launch/single_node.sh) is torchrun underneath: the same run
+    _run(["bash", str(ROOT / "launch/single_node.sh"), str(recipe), "--set", "run.output_dir=sn"],
+         tmp_path, NPROC="2", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     losses = {}
-    for name in ("tr", "ds"):
+    for name in ("tr", "ds", "sn"):
         losses[name] = [json.loads(line)["loss"] for line in open(tmp_path / name / "metrics.jsonl")]
         assert (tmp_path / name / "final" / "adapter_model.safetensors").is_file()
     assert len(losses["tr"]) == 4 and max(abs(a - b) for a, b in zip(losses["tr"], losses["ds"])) <= 1e-6
+    assert losses["sn"] == losses["tr"]
     resolved = (tmp_path / "ds" / "config.yaml").read_text()
     assert "zero_stage: 2" in resolved and "pooling: mean" in resolved  # resolved config saved in the run dir

@@ -38,6 +38,12 @@ def test_base_inheritance_and_overrides(base):
     assert origin["train.lr"] == "--set"
 
 
+def test_duplicate_key_is_an_error_not_a_silent_override(base):
+    child = write(base / "child.yaml", "base: base.yaml\nmodel: {family: chatml}\ntrain: {steps: 5}\nmodel: {dtype: float32}\n")
+    with pytest.raises(RecipeError, match=r"(?s)child.yaml: not valid YAML.*key 'model' appears twice \(first on line 2\)"):
+        load_recipe(child)
+
+
 def test_unknown_key_names_file_key_and_suggestion(base):
     child = write(base / "child.yaml", "base: base.yaml\ntrain: {learning_rate: 1e-4}\n")
     with pytest.raises(RecipeError) as err:

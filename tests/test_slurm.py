@@ -166,3 +166,34 @@ train: {{batch_size: 8, steps: 30, lr: 1.0e-3}}
     a = load_file(str(tmp_path / "straight" / "final" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "split" / "final" / "adapter_model.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_chain_runs_the_second_recipe_after_the_first(slurm, tmp_path):
+    """launch/slurm/chain.sh: stage II is submitted with afterok on stage I and starts from its weights."""
+    env, _ = slurm
+    model = make_tiny_model("chatml", tmp_path / "model")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(open(ROOT / "recipes/quickstart/data/train.jsonl").readlines()[:100]))
+    common = f"""
+run: {{progress_bar: false}}
+model: {{path: {model}, family: chatml}}
+data: {{train: [{data}], max_length: 48, max_tokens_per_batch: 1024}}
+"""
+    (tmp_path / "common.yaml").write_text(common)
+    (tmp_path / "s1.yaml").write_text(f"base: common.yaml\nrun: {{output_dir: {tmp_path / 's1'}}}\n"
+                                      "train: {objective: reconstruction, batch_size: 8, steps: 2}\n")
+    (tmp_path / "s2.yaml").write_text(f"base: common.yaml\nrun: {{output_dir: {tmp_path / 's2'}}}\n"
+                                      f"model: {{init_from: {tmp_path / 's1'}, lora: {{enabled: true}}}}\n"
+                                      "train: {batch_size: 8, steps: 2}\n")
+    job_env = dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(ROOT), NPROC="1",
+                   OMP_NUM_THREADS="1", EMBEDTRAIN_LAUNCH_DIR=str(ROOT / "launch"))
+    proc = subprocess.run(["bash", str(ROOT / "launch/slurm/chain.sh"), "--time=20", "--",
+                           str(tmp_path / "s1.yaml"), str(tmp_path / "s2.yaml")], env=job_env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    jobs = re.findall(r"as job (\d+)", proc.stdout)
+    assert len(jobs) == 2 and f"after {jobs[0]}" in proc.stdout
+    first, second = (_wait_done(env, j) for j in jobs)
+    assert first["JobState"] == second["JobState"] == "COMPLETED"
+    assert second["StartTime"] >= first["EndTime"]  # ISO timestamps compare as strings
+    assert (tmp_path / "s2" / "final" / "adapter_model.safetensors").is_file()
