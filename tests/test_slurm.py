@@ -113,11 +113,17 @@ def _job_state(env, job: str) -> dict:
     return dict(re.findall(r"(\w+)=(\S+)", out))
 
 
-def _submit(env, tmp, recipe, out_dir, *sets) -> str:
-    job_env = dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(ROOT), NPROC="2",
+def _job_env(env, nproc: int) -> dict:
+    """What sbatch exports to the job: no rank variables left over from this test process."""
+    job_env = dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(ROOT), NPROC=str(nproc),
                    OMP_NUM_THREADS="1", EMBEDTRAIN_LAUNCH_DIR=str(ROOT / "launch"))
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         job_env.pop(k, None)
+    return job_env
+
+
+def _submit(env, tmp, recipe, out_dir, *sets) -> str:
+    job_env = _job_env(env, 2)
     cmd = ["sbatch", "--parsable", "--time=20", str(ROOT / "launch/slurm/train.sbatch"), str(recipe),
            "--set", f"run.output_dir={out_dir}"] + [a for s in sets for a in ("--set", s)]
     proc = subprocess.run(cmd, env=job_env, cwd=tmp, capture_output=True, text=True)
@@ -129,7 +135,8 @@ def _wait_done(env, job, timeout=600) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
         state = _job_state(env, job)
-        if state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
+        if state.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") \
+                or state.get("Reason") == "DependencyNeverSatisfied":
             return state
         time.sleep(2)
     raise AssertionError(f"job {job} still {_job_state(env, job).get('JobState')} after {timeout} s")
@@ -145,7 +152,7 @@ def test_sbatch_trains_and_a_preempted_job_requeues_to_the_same_weights(slurm, t
 run: {{log_every: 1, progress_bar: false, checkpoint_every: 0}}
 model: {{path: {model}, family: chatml, lora: {{enabled: true, dropout: 0.1}}}}
 data: {{train: [{data}], max_length: 48, max_tokens_per_batch: 1024}}
-train: {{batch_size: 8, steps: 30, lr: 1.0e-3}}
+train: {{batch_size: 8, steps: 300, lr: 1.0e-3}}
 """)
     straight = _submit(env, tmp_path, recipe, tmp_path / "straight")
     state = _wait_done(env, straight)
@@ -157,7 +164,7 @@ train: {{batch_size: 8, steps: 30, lr: 1.0e-3}}
     deadline = time.time() + 300
     while not metrics.is_file() or len(metrics.read_text().splitlines()) < 3:
         assert time.time() < deadline, "the job did not start training"
-        time.sleep(1)
+        time.sleep(0.2)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True)
     state = _wait_done(env, job, timeout=900)
     log = (tmp_path / f"slurm-embedtrain-{job}.out").read_text()
@@ -185,8 +192,7 @@ data: {{train: [{data}], max_length: 48, max_tokens_per_batch: 1024}}
     (tmp_path / "s2.yaml").write_text(f"base: common.yaml\nrun: {{output_dir: {tmp_path / 's2'}}}\n"
                                       f"model: {{init_from: {tmp_path / 's1'}, lora: {{enabled: true}}}}\n"
                                       "train: {batch_size: 8, steps: 2}\n")
-    job_env = dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(ROOT), NPROC="1",
-                   OMP_NUM_THREADS="1", EMBEDTRAIN_LAUNCH_DIR=str(ROOT / "launch"))
+    job_env = _job_env(env, 1)
     proc = subprocess.run(["bash", str(ROOT / "launch/slurm/chain.sh"), "--time=20", "--",
                            str(tmp_path / "s1.yaml"), str(tmp_path / "s2.yaml")], env=job_env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)

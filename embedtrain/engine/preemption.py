@@ -32,12 +32,14 @@ class StopSignals:
             signal.signal(s, handler)
 
 
-def mark_requeue(step: int, why: str) -> None:
-    """Tell a batch script that this job stopped early and wants a requeue: rank 0 writes the file named
-    by EMBEDTRAIN_REQUEUE_FILE (the sbatch template sets it; launchers in between may hide exit codes)."""
-    target = os.environ.get("EMBEDTRAIN_REQUEUE_FILE")
+def write_status(status: str, step: int, why: str = "") -> None:
+    """Tell a batch script how this run ended, through the file EMBEDTRAIN_STATUS_FILE names (the sbatch
+    template sets it): "requeue" (stopped early by a signal, checkpoint written) or "done" (final weights
+    written). Launchers in between hide exit codes: torchrun exits 1 after forwarding a signal even when
+    the run then finished. Rank 0 writes it, atomically."""
+    target = os.environ.get("EMBEDTRAIN_STATUS_FILE")
     if target and D.rank() == 0:
         path = Path(target)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(f"stopped after step {step}: {why}\n")
+        tmp.write_text(f"{status} after step {step}{': ' + why if why else ''}\n")
         os.replace(tmp, path)

@@ -21,7 +21,7 @@ from embedtrain.engine.checkpoint import atomic_write_text, load_checkpoint, sav
 from embedtrain.engine.ds_config import batch_plan, build_ds_config
 from embedtrain.engine.final import save_final
 from embedtrain.engine.metrics import MetricsLogger, peak_memory_gb
-from embedtrain.engine.preemption import StopSignals, mark_requeue
+from embedtrain.engine.preemption import StopSignals, write_status
 from embedtrain.engine.watchdog import RankWatchdog
 from embedtrain.engine.schedule import build_optimizer, build_scheduler
 from embedtrain.model.embedder import build_model, load_tokenizer
@@ -162,7 +162,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
             if stop and not done:
                 metrics_log.close()
                 if preempted:
-                    mark_requeue(step + 1, signals.name())
+                    write_status("requeue", step + 1, signals.name())
                 _finish(watchdog)
                 why = f"received {signals.name()}" if preempted else "run.stop_at_step"
                 log.warning("stopped after step %d (%s); checkpoint written, continue with --resume", step + 1, why)
@@ -176,6 +176,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         if rank == 0 and before and after:
             print(f"held-out retrieval ({cfg.eval.retrieval}): R@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}"
                   f"   MRR {before['mrr']:.3f} -> {after['mrr']:.3f}", flush=True)
+        write_status("done", cfg.train.steps)
         _finish(watchdog)
         return {"losses": losses, "final_dir": str(final_dir), "eval_before": before, "eval_after": after,
                 "start_step": start, "preempted": False, "engine": engine}
