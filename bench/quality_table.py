@@ -118,20 +118,12 @@ def main(argv=None) -> int:
 
 
 def _compression(embedder, tasks, make_encoder):
-    """Generation-request instructions on queries / symmetric texts, the summary request on documents."""
-    from mteb.types import PromptType
+    """Generation-request instructions on queries / symmetric texts, the summary request on documents
+    (make_encoder passes instruction None for documents)."""
+    def encode_fn(texts, instruction):
+        return embedder.encode(texts, instruction=instruction or GEN_DOCUMENT, batch_size=64, show_progress=False)
 
-    inst = compression_instructions(tasks)
-
-    class Encoder:
-        def __init__(self):
-            self.inner = make_encoder(self.encode_fn, "compression", embedder.dim, dict(inst))
-
-        @staticmethod
-        def encode_fn(texts, instruction):
-            return embedder.encode(texts, instruction=instruction or GEN_DOCUMENT, batch_size=64, show_progress=False)
-
-    return Encoder().inner
+    return make_encoder(encode_fn, "compression", embedder.dim, compression_instructions(tasks))
 
 
 def write_table(out: Path, tasks, scores: dict, seconds: dict, args) -> None:

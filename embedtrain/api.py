@@ -46,28 +46,25 @@ class Embedder:
         from tqdm import tqdm
 
         from embedtrain.data.packing import pack_texts
-        from embedtrain.model.compression import CompressionText, embed_texts
+        from embedtrain.model.compression import CompressionText, embed_tokenized
 
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)
         instructions = [instruction] * len(texts) if instruction else None
-        if isinstance(self.text, CompressionText):
-            tokenized = self.text.queries(texts, instructions)
-        else:
-            tokenized = self.text.encode(texts, instructions)
+        compression = isinstance(self.text, CompressionText)
+        tokenized = self.text.queries(texts, instructions) if compression else self.text.encode(texts, instructions)
         order = sorted(range(len(texts)), key=lambda i: -len(tokenized[i].ids))
         show = len(texts) > 4 * batch_size if show_progress is None else show_progress
         for start in tqdm(range(0, len(order), batch_size), desc="encode", unit="batch", disable=not show):
             chunk = order[start:start + batch_size]
-            if isinstance(self.text, CompressionText):
-                sub = [texts[i] for i in chunk]
-                vecs, _ = embed_texts(self.model, self.model.compression, self.text, sub,
-                                      [instruction] * len(sub) if instruction else None,
-                                      sum(len(tokenized[i].ids) for i in chunk), self.device)
+            part = [tokenized[i] for i in chunk]
+            budget = sum(len(t.ids) for t in part)  # the whole chunk in one stream
+            if compression:
+                vecs, _ = embed_tokenized(self.model, self.model.compression, part, budget, self.text.pad_id,
+                                          self.device)
             else:
-                stream = pack_texts([tokenized[i] for i in chunk], sum(len(tokenized[i].ids) for i in chunk),
-                                    self.text.pad_id)[0]
+                stream = pack_texts(part, budget, self.text.pad_id)[0]
                 vecs = self.model(stream.to(self.device)).float()[torch.argsort(torch.tensor(stream.text_ids)).to(self.device)]
             out[torch.tensor(chunk)] = vecs.cpu()
         out = F.normalize(out, dim=-1) if normalize else out

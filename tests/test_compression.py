@@ -21,7 +21,7 @@ from embedtrain.model.embedder import build_model, load_tokenizer
 from embedtrain.objectives.compression import Compression
 from embedtrain.tiny import make_tiny_model
 
-from test_distributed import DATA, ROOT, _env
+from test_distributed import DATA, ROOT, _env, run_dist_worker
 
 M, N = 2, 3  # thought and compression tokens of the tiny runs
 
@@ -136,13 +136,7 @@ def test_rejects_data_without_targets(setup, tmp_path):
 @pytest.fixture(scope="module")
 def world2(setup):
     root, recipe = setup
-    out = root / "out"
-    out.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "dist_worker.py"), str(out), str(recipe), "comp_z0,comp_z3,comp_frozen"]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return out, json.loads((out / "results.json").read_text())
+    return run_dist_worker(root / "out", recipe, "comp_z0,comp_z3,comp_frozen")
 
 
 def test_backbone_bitwise_frozen_under_zero3(setup, world2):

@@ -53,16 +53,20 @@ objective: {{infonce: {{temperature: 0.05}}}}
     return root, recipe
 
 
-@pytest.fixture(scope="module")
-def world2(setup):
-    root, recipe = setup
-    out = root / "out"
+def run_dist_worker(out: Path, recipe: Path, scenarios: str) -> tuple[Path, dict]:
+    """One torchrun launch (2 processes) of dist_worker.py; its results.json."""
     out.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "tests" / "dist_worker.py"), str(out), str(recipe), SCENARIOS]
+           str(ROOT / "tests" / "dist_worker.py"), str(out), str(recipe), scenarios]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return out, json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def world2(setup):
+    root, recipe = setup
+    return run_dist_worker(root / "out", recipe, SCENARIOS)
 
 
 def _reference_loss_and_grads(recipe, overrides=()):

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from embedtrain.data.jsonl import DataError
+from embedtrain.data.jsonl import DataError, check_task_and_instruction, load_object
 
 MANIFEST = "manifest.json"
 SETTINGS = "generate.json"
@@ -32,28 +32,14 @@ def shard_stem(k: int) -> str:
     return f"shard-{k:05d}"
 
 
-def is_generated_dir(path: str | Path) -> bool:
-    return Path(path).is_dir()
-
-
 def _check_object(line: str, where: str, allowed: set[str], required: tuple[str, ...]) -> dict:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    unknown = set(obj) - allowed
-    if unknown:
-        raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    obj = load_object(line, where, tuple(sorted(allowed)))
     for key in required:
         if not isinstance(obj.get(key), str):
             raise DataError(f"{where}: field {key!r} must be a string" + ("" if key in obj else " (missing)"))
     if "query" in required and not obj["query"].strip():
         raise DataError(f"{where}: field 'query' is empty")
-    for key in ("task", "instruction"):
-        if key in obj and not (isinstance(obj[key], str) and obj[key].strip()):
-            raise DataError(f"{where}: field {key!r} must be a non-empty string when present")
+    check_task_and_instruction(obj, where)
     return obj
 
 

@@ -32,18 +32,32 @@ class Example:
     target: torch.Tensor | None = None  # (D,) teacher embedding of the response (generated data)
 
 
-def parse_example(line: str, where: str, default_task: str) -> Example:
-    """Parse and check one line; raises DataError naming `where` (file:line) and the fix."""
+PAIR_FIELDS = ("query", "positive", "negative", "task", "instruction")
+
+
+def load_object(line: str, where: str, allowed: tuple[str, ...]) -> dict:
+    """One JSON object line with no field outside `allowed`; raises DataError naming `where` (file:line)."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    unknown = set(obj) - {"query", "positive", "negative", "task", "instruction"}
+    unknown = set(obj) - set(allowed)
     if unknown:
-        raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: query, positive, negative, "
-                        "task, instruction")
+        raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    return obj
+
+
+def check_task_and_instruction(obj: dict, where: str) -> None:
+    for key in ("task", "instruction"):
+        if key in obj and not (isinstance(obj[key], str) and obj[key].strip()):
+            raise DataError(f"{where}: field {key!r} must be a non-empty string when present")
+
+
+def parse_example(line: str, where: str, default_task: str) -> Example:
+    """Parse and check one line; raises DataError naming `where` (file:line) and the fix."""
+    obj = load_object(line, where, PAIR_FIELDS)
     for key in ("query", "positive"):
         if key not in obj:
             raise DataError(f"{where}: missing field {key!r}")
@@ -58,9 +72,7 @@ def parse_example(line: str, where: str, default_task: str) -> Example:
     for i, n in enumerate(negatives):
         if not n.strip():
             raise DataError(f"{where}: negative {i} is empty")
-    for key in ("task", "instruction"):
-        if key in obj and not (isinstance(obj[key], str) and obj[key].strip()):
-            raise DataError(f"{where}: field {key!r} must be a non-empty string when present")
+    check_task_and_instruction(obj, where)
     return Example(obj["query"], obj["positive"], negatives, obj.get("task", default_task), obj.get("instruction"))
 
 

@@ -1,6 +1,7 @@
 """Stopping on request: SIGTERM (scheduler kill / scancel) and SIGUSR1 (Slurm's `--signal` warning
 before the time limit) make every rank finish its current step, checkpoint, and exit with
-REQUEUE_EXIT_CODE, which launch scripts use to requeue the job; `--resume` then continues exactly."""
+REQUEUE_EXIT_CODE. Batch scripts behind launchers that hide exit codes read write_status()'s file
+instead; `--resume` / `--auto-resume` then continues exactly."""
 from __future__ import annotations
 
 import os

@@ -148,9 +148,16 @@ def embed_texts(model, head: CompressionHead, text: CompressionText, texts: list
                 instructions: list[str | None] | None, max_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference: (embeddings (N, D) fp32, soft prompts (N, n, H)) in input order. Every rank of a
     ZeRO-3 group must call this with the same texts (the packing is deterministic)."""
+    max_tokens = max(max_tokens, text.max_length + text.num_special)
+    return embed_tokenized(model, head, text.queries(texts, instructions), max_tokens, text.pad_id, device)
+
+
+@torch.no_grad()
+def embed_tokenized(model, head: CompressionHead, queries: list[TokenizedText], max_tokens: int, pad_id: int,
+                    device) -> tuple[torch.Tensor, torch.Tensor]:
+    """embed_texts for queries already formatted by CompressionText.queries."""
     from embedtrain.data.packing import pack_texts
 
-    max_tokens = max(max_tokens, text.max_length + text.num_special)
-    streams = pack_texts(text.queries(texts, instructions), max_tokens, text.pad_id)
-    p_NnH, z_NnD = head(compression_states(model, head, streams, len(texts), device))
+    streams = pack_texts(queries, max_tokens, pad_id)
+    p_NnH, z_NnD = head(compression_states(model, head, streams, len(queries), device))
     return z_NnD.float().mean(1), p_NnH

@@ -69,7 +69,6 @@ class CompressionBatch(MicroBatch):
     decode_streams: list[PackedStream] = field(default_factory=list)
     decode_labels: list[torch.Tensor] = field(default_factory=list)  # per decode stream (T,), -100 = none
     targets_QD: torch.Tensor | None = None
-    label_tokens: int = 0
 
     @property
     def real_tokens(self) -> int:
@@ -131,7 +130,7 @@ class Compression(Objective):
             targets = torch.stack([e.target for e in examples]) if examples else torch.zeros(0, 1)
         return CompressionBatch(streams, queries, len(examples), examples[0].task if examples else "",
                                 sum(q.truncated for q in queries), self.max_tokens, t.pad_id, self.multiple,
-                                decode, decode_labels, targets.float(), sum(len(y) for y in labels))
+                                decode, decode_labels, targets.float())
 
     def loss(self, model, batch: CompressionBatch):
         module = model.module if hasattr(model, "module") else model
