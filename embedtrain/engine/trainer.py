@@ -5,7 +5,6 @@ import dataclasses
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -13,19 +12,13 @@ import yaml
 
 from embedtrain import distributed as D
 from embedtrain.config.schema import RecipeConfig
-from embedtrain.config.validate import objective_options
-from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, rank_slice
 from embedtrain.data.jsonl import build_index
-from embedtrain.data.packing import TextTokenizer
 from embedtrain.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from embedtrain.engine.ds_config import batch_plan, build_ds_config
 from embedtrain.engine.final import save_final
-from embedtrain.engine.metrics import MetricsLogger, peak_memory_gb
+from embedtrain.engine.metrics import MetricsLogger
 from embedtrain.engine.preemption import StopSignals, write_status
+from embedtrain.engine.session import build_session, train_step
 from embedtrain.engine.watchdog import RankWatchdog
-from embedtrain.engine.schedule import build_optimizer, build_scheduler
-from embedtrain.model.embedder import build_model, load_tokenizer
-from embedtrain.objectives.registry import get_objective
 
 log = logging.getLogger("embedtrain")
 
@@ -55,63 +48,23 @@ def _run_eval(model, text_tok, builder, cfg: RecipeConfig, device, label: str) -
     return scores
 
 
-def _record_grad_norm(engine) -> None:
-    """Without a ZeRO/bf16 wrapper DeepSpeed clips with its own clip_grad_norm_ but drops the norm it
-    returns; keep it so get_global_grad_norm() works on every configuration."""
-    from deepspeed.runtime.utils import clip_grad_norm_
-
-    def clip_and_record():
-        engine._global_grad_norm = clip_grad_norm_(parameters=engine.module.parameters(),
-                                                   max_norm=engine.gradient_clipping(), mpu=engine.mpu)
-
-    engine.clip_fp32_gradients = clip_and_record
-
-
 def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     device = D.init_distributed(cfg.deepspeed.backend)
     rank, world = D.rank(), D.world_size()
     _setup_logging(rank)
     run_dir = Path(cfg.run.output_dir)
-    # Everything that can be wrong with the recipe or the data fails here, before the model loads.
-    options = objective_options(cfg, origin)
-    ds_config = build_ds_config(cfg, world)
-    index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
-    # One optimizer step = one same-task block of micro_global * gas examples, split into gas micro-batches;
-    # the examples of a step do not depend on the world size.
-    micro_global, gas = batch_plan(cfg, world)
     if device.type == "cpu" and rank == 0:
         log.info("CPU: %d torch threads per rank", torch.get_num_threads())
-    order = BatchOrder(index, micro_global * gas, cfg.run.seed, cfg.data.same_task_batches)
+    s = build_session(cfg, origin, device)
+    engine, objective, builder, text_tok = s.engine, s.objective, s.builder, s.text_tok
+    options, tokenizer = s.options, s.tokenizer
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         log.info("run dir %s; %d examples in %d task(s), %d steps/epoch; world size %d, %d examples per "
-                 "micro-step (%d per rank) x %d accumulation", run_dir, len(index), len(index.tasks),
-                 order.batches_per_epoch, world, micro_global, micro_global // world, gas)
-
-    torch.manual_seed(cfg.run.seed)  # identical initial weights (LoRA) on every rank
-    tokenizer = load_tokenizer(cfg.model.path)
-    model = build_model(cfg.model, tokenizer, device)
-    objective_cls, _ = get_objective(cfg.train.objective)
-    if not objective_cls.uses_lm_head and model.freeze_unused_lm_head():
-        log.info("LM head frozen: objective %s does not use it", cfg.train.objective)
-    objective = objective_cls(options, device)
-    objective.setup(model, cfg, index, tokenizer)
-    text_tok = TextTokenizer(tokenizer, model.family, cfg.data.max_length, cfg.data.instruction_format)
-    builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
-                                cfg.data.instructions, cfg.data.default_instruction,
-                                cfg.data.max_negatives if objective_cls.uses_negatives else 0, device,
-                                objective.make_batch)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train)
-    import deepspeed
-
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config)
+                 "micro-step (%d per rank) x %d accumulation", run_dir, len(s.index), len(s.index.tasks),
+                 s.order.batches_per_epoch, world, s.micro_global, s.micro_global // world, s.gas)
     zero_stage = engine.zero_optimization_stage()
-    _record_grad_norm(engine)
     ckpt_root = run_dir / "checkpoints"
     start = 0
     if resume:
@@ -129,28 +82,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     watchdog = RankWatchdog().start() if world > 1 else None  # a dead rank ends the others in bounded time
     try:
         for step in range(start, cfg.train.steps):
-            t0 = time.perf_counter()
-            sums = {"real_tokens": 0.0, "computed_tokens": 0.0, "truncated": 0.0}
-            acc: dict[str, float] = {}
-            for m in range(gas):
-                micro_ids = order.global_batch_ids(step)[m * micro_global:(m + 1) * micro_global]
-                batch = builder.build(rank_slice(micro_ids, rank, world))
-                sums["real_tokens"] += batch.real_tokens
-                sums["computed_tokens"] += batch.computed_tokens
-                sums["truncated"] += batch.truncated
-                out = objective.forward_backward(engine, batch, lambda loss, final: engine.backward(loss))
-                for k, v in out.items():
-                    acc[k] = acc.get(k, 0.0) + v / gas
-            engine.step()
-            totals = D.all_reduce_sum(sums, device)
-            metrics = D.all_reduce_mean(acc, device)
-            dt = time.perf_counter() - t0
-            grad_norm = engine.get_global_grad_norm()
-            metrics.update(lr=scheduler.get_last_lr()[0],
-                           grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-                           tokens_per_s=totals["real_tokens"] / dt,
-                           packing_efficiency=totals["real_tokens"] / max(1.0, totals["computed_tokens"]),
-                           truncated=int(totals["truncated"]), peak_mem_gb=peak_memory_gb(device), step_time_s=dt)
+            metrics = train_step(s, step)
             losses.append(metrics["loss"])
             metrics_log.step(step + 1, metrics)
             done = step + 1 == cfg.train.steps

@@ -1,0 +1,125 @@
+"""Everything one training step needs, built once: model, objective, data order, DeepSpeed engine.
+
+The trainer loop (trainer.py) and the speed bench (bench/train_speed.py) both build a Session and
+call train_step, so what the bench times is exactly what `embedtrain train` runs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from embedtrain import distributed as D
+from embedtrain.config.schema import RecipeConfig
+from embedtrain.config.validate import objective_options
+from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, rank_slice
+from embedtrain.data.jsonl import JsonlIndex, build_index
+from embedtrain.data.packing import TextTokenizer
+from embedtrain.engine.ds_config import batch_plan, build_ds_config
+from embedtrain.engine.metrics import peak_memory_gb
+from embedtrain.engine.schedule import build_optimizer, build_scheduler
+from embedtrain.model.embedder import build_model, load_tokenizer
+from embedtrain.objectives.registry import get_objective
+
+log = logging.getLogger("embedtrain")
+
+
+@dataclass
+class Session:
+    cfg: RecipeConfig
+    device: torch.device
+    rank: int
+    world: int
+    options: object  # the objective's validated options
+    index: JsonlIndex
+    order: BatchOrder
+    micro_global: int  # examples per global micro-batch
+    gas: int  # micro-batches per optimizer step
+    tokenizer: object
+    objective: object
+    text_tok: TextTokenizer
+    builder: MicroBatchBuilder
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    engine: object  # deepspeed.DeepSpeedEngine around the EmbeddingModel
+
+
+def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None = None) -> Session:
+    """Validate, index the data, load the model, set the objective up and wrap it all in DeepSpeed.
+    Expects the process group to exist (distributed.init_distributed)."""
+    device = device if device is not None else D.init_distributed(cfg.deepspeed.backend)
+    rank, world = D.rank(), D.world_size()
+    # Everything that can be wrong with the recipe or the data fails here, before the model loads.
+    options = objective_options(cfg, origin)
+    ds_config = build_ds_config(cfg, world)
+    index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
+    # One optimizer step = one same-task block of micro_global * gas examples, split into gas micro-batches;
+    # the examples of a step do not depend on the world size.
+    micro_global, gas = batch_plan(cfg, world)
+    order = BatchOrder(index, micro_global * gas, cfg.run.seed, cfg.data.same_task_batches)
+
+    torch.manual_seed(cfg.run.seed)  # identical initial weights (LoRA) on every rank
+    tokenizer = load_tokenizer(cfg.model.path)
+    model = build_model(cfg.model, tokenizer, device)
+    objective_cls, _ = get_objective(cfg.train.objective)
+    if not objective_cls.uses_lm_head and model.freeze_unused_lm_head():
+        log.info("LM head frozen: objective %s does not use it", cfg.train.objective)
+    objective = objective_cls(options, device)
+    objective.setup(model, cfg, index, tokenizer)
+    text_tok = TextTokenizer(tokenizer, model.family, cfg.data.max_length, cfg.data.instruction_format)
+    builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
+                                cfg.data.instructions, cfg.data.default_instruction,
+                                cfg.data.max_negatives if objective_cls.uses_negatives else 0, device,
+                                objective.make_batch)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config)
+    _record_grad_norm(engine)
+    return Session(cfg, device, rank, world, options, index, order, micro_global, gas, tokenizer, objective,
+                   text_tok, builder, scheduler, engine)
+
+
+def _record_grad_norm(engine) -> None:
+    """Without a ZeRO/bf16 wrapper DeepSpeed clips with its own clip_grad_norm_ but drops the norm it
+    returns; keep it so get_global_grad_norm() works on every configuration."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    def clip_and_record():
+        engine._global_grad_norm = clip_grad_norm_(parameters=engine.module.parameters(),
+                                                   max_norm=engine.gradient_clipping(), mpu=engine.mpu)
+
+    engine.clip_fp32_gradients = clip_and_record
+
+
+def train_step(s: Session, step: int) -> dict:
+    """One optimizer step (all its accumulated micro-batches) and its metrics, reduced over ranks."""
+    t0 = time.perf_counter()
+    sums = {"real_tokens": 0.0, "computed_tokens": 0.0, "truncated": 0.0}
+    acc: dict[str, float] = {}
+    engine = s.engine
+    for m in range(s.gas):
+        micro_ids = s.order.global_batch_ids(step)[m * s.micro_global:(m + 1) * s.micro_global]
+        batch = s.builder.build(rank_slice(micro_ids, s.rank, s.world))
+        sums["real_tokens"] += batch.real_tokens
+        sums["computed_tokens"] += batch.computed_tokens
+        sums["truncated"] += batch.truncated
+        out = s.objective.forward_backward(engine, batch, lambda loss, final: engine.backward(loss))
+        for k, v in out.items():
+            acc[k] = acc.get(k, 0.0) + v / s.gas
+    engine.step()
+    totals = D.all_reduce_sum(sums, s.device)
+    metrics = D.all_reduce_mean(acc, s.device)
+    dt = time.perf_counter() - t0
+    grad_norm = engine.get_global_grad_norm()
+    metrics.update(lr=s.scheduler.get_last_lr()[0],
+                   grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                   tokens_per_s=totals["real_tokens"] / dt,
+                   packing_efficiency=totals["real_tokens"] / max(1.0, totals["computed_tokens"]),
+                   truncated=int(totals["truncated"]), peak_mem_gb=peak_memory_gb(s.device), step_time_s=dt)
+    return metrics
