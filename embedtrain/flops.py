@@ -1,14 +1,20 @@
 """Model FLOPs of a training step over packed varlen texts, for tokens/s -> TFLOP/s -> MFU.
 
-Counted per matmul (2 FLOPs per multiply-add), forward only, then x (1 + backward_factor): 2 for
-full training (gradients w.r.t. inputs and weights), about 1 where the weights are frozen (LoRA,
-compression tokens). Attention counts only the pairs a text really attends to: L(L+1)/2 per causal
-text, L^2 per bidirectional one, never pairs across packed texts.
+Counted per matmul (2 FLOPs per multiply-add). Attention counts only the pairs a text really attends
+to: L(L+1)/2 per causal text, L^2 per bidirectional one, never pairs across packed texts (nor pads).
+The LM head counts only at the positions whose logits the objective needs.
+
+Backward: a weight matmul costs 2x its forward when its weight trains (input and weight gradients),
+1x when the weight is frozen (input gradient only: LoRA's base weights, the compression objective's
+whole backbone); attention has no weights, so its backward (dQ, dK, dV) is 2x its forward either way.
+LoRA's own adapter matmuls (about 2 r (in + out) per token and layer, < 2% at r 16 on 1B+ models)
+are not counted: the count is a floor, never inflated.
 """
 from __future__ import annotations
 
 
-def forward_flops(config, seq_lens: list[int], causal: bool = True, logit_positions: int = 0) -> int:
+def forward_parts(config, seq_lens: list[int], causal: bool = True, logit_positions: int = 0) -> dict[str, int]:
+    """Forward FLOPs split into weight matmuls of the layers, attention, and the LM head."""
     hidden = config.hidden_size
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -19,10 +25,18 @@ def forward_flops(config, seq_lens: list[int], causal: bool = True, logit_positi
     mlp = 3 * 2 * tokens * hidden * config.intermediate_size  # gate, up, down (SwiGLU / GeGLU)
     pairs = sum(n * (n + 1) // 2 if causal else n * n for n in seq_lens)
     attention = 2 * 2 * pairs * head_dim * heads  # scores (QK^T) and weighted values (PV)
-    head = 2 * logit_positions * hidden * config.vocab_size
-    return config.num_hidden_layers * (projections + mlp + attention) + head
+    layers = config.num_hidden_layers
+    return {"weights": layers * (projections + mlp), "attention": layers * attention,
+            "head": 2 * logit_positions * hidden * config.vocab_size}
+
+
+def forward_flops(config, seq_lens: list[int], causal: bool = True, logit_positions: int = 0) -> int:
+    return sum(forward_parts(config, seq_lens, causal, logit_positions).values())
 
 
 def train_flops(config, seq_lens: list[int], causal: bool = True, logit_positions: int = 0,
-                backward_factor: float = 2.0) -> float:
-    return (1.0 + backward_factor) * forward_flops(config, seq_lens, causal, logit_positions)
+                weights_train: bool = True) -> int:
+    """Forward + backward FLOPs; weights_train=False for frozen weights (LoRA base, compression)."""
+    p = forward_parts(config, seq_lens, causal, logit_positions)
+    weight_factor = 3 if weights_train else 2
+    return weight_factor * (p["weights"] + p["head"]) + 3 * p["attention"]

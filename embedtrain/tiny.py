@@ -24,13 +24,19 @@ FAMILY_MODEL_TYPE = {"llama3": "llama", "chatml": "llama", "qwen2": "qwen2", "qw
 
 def byte_tokenizer(family: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    return family_tokenizer(tok, family)
+
+
+def family_tokenizer(tok, family: str):
+    """A `tokenizers.Tokenizer` as a transformers tokenizer with `family`'s template tokens as specials."""
+    from transformers import PreTrainedTokenizerFast
+
     fam = FAMILIES[family]
     specials = fam.all_special() + ["<pad>"]
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token=fam.eos_token)
@@ -41,18 +47,29 @@ def byte_tokenizer(family: str):
 def make_tiny_model(family: str, out_dir: str | Path, hidden: int = 64, layers: int = 2, heads: int = 4,
                     kv_heads: int = 2, seed: int = 0) -> Path:
     """Write a tiny random model + tokenizer of `family` to out_dir (safetensors) and return the path."""
+    shape = dict(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                 num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                 tie_word_embeddings=False)
+    return make_random_model(family, out_dir, byte_tokenizer(family), shape, seed=seed)
+
+
+def make_random_model(family: str, out_dir: str | Path, tok, shape: dict, seed: int = 0,
+                      dtype: torch.dtype = torch.float32, device: str = "cpu") -> Path:
+    """A randomly initialised model of `family` with the config fields in `shape` (a vocabulary larger
+    than the tokenizer's is allowed: the real model's shape is what costs), saved with `tok`."""
     import transformers
 
     out = Path(out_dir)
-    tok = byte_tokenizer(family)
     cls_name, extra = _CONFIGS[FAMILY_MODEL_TYPE[family]]
-    config = getattr(transformers, cls_name)(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
-        tie_word_embeddings=False, **extra)
+    fields = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                  bos_token_id=None, **extra)
+    fields.update(shape)
+    if fields["vocab_size"] < len(tok):
+        raise ValueError(f"vocab_size {fields['vocab_size']} is smaller than the tokenizer ({len(tok)})")
+    config = getattr(transformers, cls_name)(**fields)
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.device(device):  # on a GPU a billion-parameter init takes seconds instead of minutes
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
     return out

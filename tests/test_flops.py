@@ -16,6 +16,9 @@ def test_hand_computed_small_case():
     #   LM head:           2 * 5 * 4 * 10             = 400
     assert forward_flops(CFG, [3, 2], causal=True, logit_positions=5) == 320 + 160 + 960 + 144 + 400
     assert train_flops(CFG, [3, 2], causal=True, logit_positions=5) == 3 * 1984
+    # Frozen weights (LoRA base, compression backbone): weight matmuls and the head backward only for
+    # the input gradient (x2 in all), attention still needs dQ, dK, dV (x3): 2 * (1440 + 400) + 3 * 144.
+    assert train_flops(CFG, [3, 2], causal=True, logit_positions=5, weights_train=False) == 3680 + 432
     # Bidirectional: 3*3 + 2*2 = 13 pairs -> 4 * 13 * 2 * 2 = 208 instead of 144; no logits.
     assert forward_flops(CFG, [3, 2], causal=False) == 320 + 160 + 960 + 208
     # Packing never counts pairs across texts: one 5-token text has more attention work.

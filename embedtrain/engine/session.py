@@ -110,6 +110,9 @@ def train_step(s: Session, step: int) -> dict:
         sums["computed_tokens"] += batch.computed_tokens
         sums["truncated"] += batch.truncated
         out = s.objective.forward_backward(engine, batch, lambda loss, final: engine.backward(loss))
+        # Tokens an objective runs beyond the batch's own streams (reconstruction's decoding passes).
+        sums["real_tokens"] += out.pop("extra_real_tokens", 0.0)
+        sums["computed_tokens"] += out.pop("extra_computed_tokens", 0.0)
         for k, v in out.items():
             acc[k] = acc.get(k, 0.0) + v / s.gas
     engine.step()
@@ -119,6 +122,7 @@ def train_step(s: Session, step: int) -> dict:
     grad_norm = engine.get_global_grad_norm()
     metrics.update(lr=s.scheduler.get_last_lr()[0],
                    grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                   real_tokens=int(totals["real_tokens"]), computed_tokens=int(totals["computed_tokens"]),
                    tokens_per_s=totals["real_tokens"] / dt,
                    packing_efficiency=totals["real_tokens"] / max(1.0, totals["computed_tokens"]),
                    truncated=int(totals["truncated"]), peak_mem_gb=peak_memory_gb(s.device), step_time_s=dt)

@@ -112,8 +112,11 @@ def resolve_weights(cfg: ModelConfig) -> str:
     return str(path)
 
 
-def build_model(cfg: ModelConfig, tokenizer, device: torch.device) -> EmbeddingModel:
-    """Load the causal LM from a local folder, apply LoRA / checkpointing, pick the attention kernel."""
+def build_model(cfg: ModelConfig, tokenizer, device: torch.device, hf_attention: str | None = None) -> EmbeddingModel:
+    """Load the causal LM from a local folder, apply LoRA / checkpointing, pick the attention kernel.
+
+    hf_attention: load with this stock transformers attention instead of the packed one (the padded
+    baselines of bench/train_speed.py: same weights, same LoRA init, padded batches)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     weights = resolve_weights(cfg)
@@ -122,8 +125,8 @@ def build_model(cfg: ModelConfig, tokenizer, device: torch.device) -> EmbeddingM
     hf_config = AutoConfig.from_pretrained(weights)
     family = resolve_family(cfg.family, hf_config.model_type, tokenizer.get_vocab())
     dtype = DTYPES[cfg.dtype]
-    backend = pick_backend(cfg.attn_backend, device, dtype)
-    lm = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, attn_implementation=IMPL_NAME,
+    backend = pick_backend(cfg.attn_backend, device, dtype) if hf_attention is None else hf_attention
+    lm = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, attn_implementation=hf_attention or IMPL_NAME,
                                               use_safetensors=True)
     lm.config.use_cache = False
     if cfg.gradient_checkpointing:

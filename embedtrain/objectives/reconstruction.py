@@ -154,6 +154,8 @@ class Reconstruction(Objective):
             n_chunks = D.all_reduce_max_ints(n_chunks, self.device)
         head = model.module.lm_head() if hasattr(model, "module") else model.lm_head()
         total = anchors_NH.new_zeros((), dtype=torch.float32)
+        self._decode_tokens[0] += sum(s.num_real_tokens for s in streams)
+        self._decode_tokens[1] += sum(s.num_tokens for s in streams)
         for (s, y_T), k in zip(per_stream, n_chunks):
             s = s.to(self.device)
             y_T = y_T.to(self.device)
@@ -169,6 +171,7 @@ class Reconstruction(Objective):
         anchors = embed_batch(model, batch, self.device)  # (2Q, H): query anchors, then document anchors
         w_q2d, w_d2q = self.options.weights()
         sums, counts = {}, {}
+        self._decode_tokens = [0, 0]  # real, computed tokens of the decoding streams on this rank
         if w_q2d:
             sums["q2d"], counts["q2d"] = self._direction(model, batch, anchors[:q], batch.texts[q:2 * q])
         if w_d2q:
@@ -181,4 +184,6 @@ class Reconstruction(Objective):
         metrics = {f"loss_{k}": parts[k] / glob[k] for k in sums}
         metrics["loss"] = sum(weight[k] * metrics[f"loss_{k}"] for k in sums)
         metrics["target_tokens"] = sum(glob.values())
+        # The engine adds these to the batch's (anchor pass) token counts for tokens/s and packing efficiency.
+        metrics["extra_real_tokens"], metrics["extra_computed_tokens"] = map(float, self._decode_tokens)
         return loss, metrics
