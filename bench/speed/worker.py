@@ -21,12 +21,13 @@ RECIPES = Path(__file__).resolve().parent / "recipes"
 WORKLOADS = {"stage1": "reconstruction", "stage2": "infonce", "compression": "compression"}
 
 
-def recipe(workload: str, a: dict) -> tuple:
+def recipe(workload: str, mode: str, a: dict) -> tuple:
     """The workload's recipe with the run's model, data, batch, steps and dtype."""
+    ckpt = a["grad_ckpt"] == "on" or (a["grad_ckpt"] == "padded" and mode == "padded")
     data = a["generated"] if workload == "compression" else a["pairs"]
     micro = "null" if workload == "stage2" else a["batch_size"]  # InfoNCE batches are not split
     overrides = [f"model.path={a['model']}", "model.family=llama3", f"model.dtype={a['dtype']}",
-                 f"model.gradient_checkpointing={str(a['grad_ckpt']).lower()}", f"data.train=[{data}]",
+                 f"model.gradient_checkpointing={str(ckpt).lower()}", f"data.train=[{data}]",
                  f"data.max_tokens_per_batch={a['max_tokens']}", f"data.pad_to_multiple_of={a['pad_multiple']}",
                  f"data.max_length={a['max_length']}", f"train.batch_size={a['batch_size']}",
                  f"train.micro_batch_per_rank={micro}", f"train.steps={a['warmup'] + a['steps']}",
@@ -76,7 +77,7 @@ def peak_memory_gib(device) -> float:
 
 
 def run(workload: str, mode: str, a: dict, out: Path) -> None:
-    cfg, origin = recipe(workload, a)
+    cfg, origin = recipe(workload, mode, a)
     device = D.init_distributed(cfg.deepspeed.backend)
     if mode == "packed":
         from embedtrain.engine.session import build_session, train_step
@@ -98,7 +99,7 @@ def run(workload: str, mode: str, a: dict, out: Path) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rec = {"workload": workload, "mode": mode, "objective": cfg.train.objective, "attention": backend,
            "params": params, "trainable": trainable, "zero_stage": cfg.deepspeed.zero_stage,
-           "lora": cfg.model.lora.enabled, "steps": [], "device": str(device)}
+           "lora": cfg.model.lora.enabled, "grad_ckpt": cfg.model.gradient_checkpointing, "steps": [], "device": str(device)}
     for k in range(total):
         sync()
         t0 = time.perf_counter()
