@@ -29,7 +29,7 @@ def test_packed_and_padded_agree_and_results_written(tmp_path):
         for p, q in zip(packed["steps"], padded["steps"]):
             # Same examples, same useful work; the losses of the two implementations agree at fp32.
             assert p["real_tokens"] == q["real_tokens"] and p["flops"] == q["flops"] > 0
-            assert abs(p["loss"] - q["loss"]) <= 1e-4 * max(1.0, abs(q["loss"])), (workload, p["loss"], q["loss"])
+            assert abs(p["loss"] - q["loss"]) <= 1e-5 * max(1.0, abs(q["loss"])), (workload, p["loss"], q["loss"])
         # The losses move (the optimizer steps), so agreement is not two untouched models agreeing.
         assert packed["steps"][0]["loss"] != packed["steps"][-1]["loss"]
         # Packed streams hold no padding at pad_multiple 1; the padded batches do.
