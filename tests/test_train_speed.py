@@ -39,5 +39,6 @@ def test_packed_and_padded_agree_and_results_written(tmp_path):
         assert c["first_loss_ok"] and c["curve_ok"]
     assert rec["results"]["stage2"]["packed"]["lora"] and not rec["results"]["stage1"]["packed"]["lora"]
     assert rec["results"]["stage1"]["packed"]["zero_stage"] == 2
+    assert all(r["grad_ckpt"] for modes in rec["results"].values() for r in modes.values())  # --grad-ckpt on
     md = result.with_suffix(".md").read_text()
     assert "| stage1 | packed |" in md and "MFU" in md

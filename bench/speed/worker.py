@@ -92,6 +92,10 @@ def run(workload: str, mode: str, a: dict, out: Path) -> None:
         s.tokenizer, s.family, backend = s.text_tok.tok, s.engine.module.family, "hf sdpa, 2D mask"
         step_fn, module = (lambda k: padded_train_step(s, k)), s.engine.module
     s.config = module.lm.config
+    s.engine.train()  # from_pretrained leaves eval mode, in which HF skips gradient checkpointing
+    if cfg.model.gradient_checkpointing and not any(getattr(m, "gradient_checkpointing", False) is True
+                                                    for m in module.modules()):
+        raise RuntimeError("model.gradient_checkpointing is set but no module checkpoints")
     total = cfg.train.steps
     work = [step_work(s, k) for k in range(total)]
     params = sum(p.numel() for p in module.parameters())
