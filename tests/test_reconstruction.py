@@ -82,9 +82,9 @@ def test_anchor_conditions_the_decoding(tiny_models):
 
     anchors = embed_batch(model, batch, torch.device("cpu"))[:q]
     targets = batch.texts[q:2 * q]
-    base, _ = objective._direction(model, batch, anchors, targets)
-    perturbed, _ = objective._direction(model, batch, anchors + 0.5 * torch.randn_like(anchors), targets)
-    zeros, _ = objective._direction(model, batch, torch.zeros_like(anchors), targets)
+    base, _, _ = objective._direction(model, batch, anchors, targets)
+    perturbed, _, _ = objective._direction(model, batch, anchors + 0.5 * torch.randn_like(anchors), targets)
+    zeros, _, _ = objective._direction(model, batch, torch.zeros_like(anchors), targets)
     assert abs(base - perturbed) > 1e-3 and abs(base - zeros) > 1e-3
 
 

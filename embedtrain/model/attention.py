@@ -10,6 +10,7 @@ call. Attention is then computed inside each text only, causal or bidirectional,
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import logging
@@ -82,6 +83,12 @@ def _flash_attn(q_THD, k_THD, v_THD, packed: PackedAttention, scaling: float, dr
                                   dropout_p=dropout, softmax_scale=scaling, causal=packed.causal)
 
 
+@functools.lru_cache(maxsize=None)
+def _parameters(fn) -> dict:
+    """The kernel's keyword names, read once (its signature changed across torch releases)."""
+    return dict(inspect.signature(fn).parameters)
+
+
 def _torch_varlen(q_THD, k_THD, v_THD, packed: PackedAttention, scaling: float, dropout: float):
     from torch.nn.attention.varlen import varlen_attn
 
@@ -89,7 +96,7 @@ def _torch_varlen(q_THD, k_THD, v_THD, packed: PackedAttention, scaling: float, 
         raise NotImplementedError("torch_varlen attention has no dropout; use attn_backend sdpa or flash_attn")
     cu = packed.cu_seqlens
     kwargs = {"scale": scaling}
-    params = inspect.signature(varlen_attn).parameters
+    params = _parameters(varlen_attn)
     if "window_size" in params:
         kwargs["window_size"] = (-1, 0) if packed.causal else (-1, -1)
     elif "is_causal" in params:

@@ -81,7 +81,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             probs_CV[torch.arange(len(y_C), device=y_C.device), y_C] -= 1.0  # d(CE)/d(logits)
             grad_h_NH[start:start + chunk] = (probs_CV.to(w_VH.dtype) @ w_VH).to(h_NH.dtype)
             if want_w:
-                grad_w_VH.addmm_(probs_CV.T, h_CH.float())
+                if h_CH.dtype == torch.float32:
+                    grad_w_VH.addmm_(probs_CV.T, h_CH)
+                else:  # a bf16 tensor-core matmul (an fp32 one runs ~10x slower on a GPU); fp32 only to sum chunks
+                    grad_w_VH += (probs_CV.T.to(h_CH.dtype) @ h_CH).float()
         ctx.save_for_backward(grad_h_NH, grad_w_VH)
         ctx.w_dtype, ctx.want_w = w_VH.dtype, want_w
         return total
@@ -138,7 +141,8 @@ class Reconstruction(Objective):
     splittable = True
 
     def _direction(self, model, batch: MicroBatch, anchors_NH, targets: list[TokenizedText]):
-        """Sum of CE over one direction's targets on this rank, and the number of target tokens."""
+        """Sum of CE over one direction's targets on this rank, the number of target tokens, and the
+        (real, computed) tokens of its decoding streams."""
         inputs, labels = decoding_inputs(targets)
         streams = pack_on_every_rank(inputs, batch.max_tokens, batch.pad_id, batch.pad_multiple, self.device)
         per_stream = []
@@ -154,8 +158,6 @@ class Reconstruction(Objective):
             n_chunks = D.all_reduce_max_ints(n_chunks, self.device)
         head = model.module.lm_head() if hasattr(model, "module") else model.lm_head()
         total = anchors_NH.new_zeros((), dtype=torch.float32)
-        self._decode_tokens[0] += sum(s.num_real_tokens for s in streams)
-        self._decode_tokens[1] += sum(s.num_tokens for s in streams)
         for (s, y_T), k in zip(per_stream, n_chunks):
             s = s.to(self.device)
             y_T = y_T.to(self.device)
@@ -164,18 +166,19 @@ class Reconstruction(Objective):
             hidden_TH = model(s, inject=(slots_S, vectors), causal=True, return_hidden=True)
             mask_T = y_T != -100
             total = total + chunked_ce_sum(hidden_TH[mask_T], y_T[mask_T], head, self.options.logits_chunk, k)
-        return total, sum(counts)
+        return total, sum(counts), (sum(s.num_real_tokens for s in streams), sum(s.num_tokens for s in streams))
 
     def loss(self, model, batch: MicroBatch):
         q = batch.num_queries
         anchors = embed_batch(model, batch, self.device)  # (2Q, H): query anchors, then document anchors
         w_q2d, w_d2q = self.options.weights()
-        sums, counts = {}, {}
-        self._decode_tokens = [0, 0]  # real, computed tokens of the decoding streams on this rank
+        sums, counts, tokens = {}, {}, []
         if w_q2d:
-            sums["q2d"], counts["q2d"] = self._direction(model, batch, anchors[:q], batch.texts[q:2 * q])
+            sums["q2d"], counts["q2d"], t = self._direction(model, batch, anchors[:q], batch.texts[q:2 * q])
+            tokens.append(t)
         if w_d2q:
-            sums["d2q"], counts["d2q"] = self._direction(model, batch, anchors[q:2 * q], batch.texts[:q])
+            sums["d2q"], counts["d2q"], t = self._direction(model, batch, anchors[q:2 * q], batch.texts[:q])
+            tokens.append(t)
         glob = D.all_reduce_sum({k: float(v) for k, v in counts.items()}, self.device)
         world = D.world_size()  # DeepSpeed averages gradients over ranks; the global mean needs x world
         weight = {"q2d": w_q2d, "d2q": w_d2q}
@@ -185,5 +188,6 @@ class Reconstruction(Objective):
         metrics["loss"] = sum(weight[k] * metrics[f"loss_{k}"] for k in sums)
         metrics["target_tokens"] = sum(glob.values())
         # The engine adds these to the batch's (anchor pass) token counts for tokens/s and packing efficiency.
-        metrics["extra_real_tokens"], metrics["extra_computed_tokens"] = map(float, self._decode_tokens)
+        metrics["extra_real_tokens"] = float(sum(t[0] for t in tokens))
+        metrics["extra_computed_tokens"] = float(sum(t[1] for t in tokens))
         return loss, metrics
