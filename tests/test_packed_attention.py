@@ -5,6 +5,7 @@ from transformers import AutoModelForCausalLM
 
 from embedtrain.config.schema import ModelConfig
 from embedtrain.data.packing import TextTokenizer, pack_texts
+from embedtrain.model.attention import PackedAttention
 from embedtrain.model.embedder import build_model, load_tokenizer
 from embedtrain.tiny import make_tiny_model
 
@@ -93,3 +94,55 @@ def test_isolation_and_direction(tmp_path):
         results[attention] = (h[:-3] - h2[:-3]).abs().max().item()
     assert results["causal"] == 0.0  # a later token never changes an earlier state
     assert results["bidirectional"] > 1e-4  # in bidirectional mode it does
+
+
+def _segment_attention(q, k, v, cu, causal, scale):
+    """(T, H, D) attention within each segment, the semantics every varlen kernel shares."""
+    out = []
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=causal, scale=scale)
+        out.append(o.transpose(0, 1))
+    return torch.cat(out)
+
+
+# torch's varlen_attn as three releases spell it: 2.9 (is_causal, no scale), 2.10/2.11 (window_size,
+# scale, no GQA), 2.12+ (window_size, scale, enable_gqa). Each stand-in computes with the semantics
+# its arguments state, so a wrongly adapted call gives a wrong result.
+def _varlen_2_9(q, k, v, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
+    assert k.shape[1] == q.shape[1], "no GQA in this release"
+    return _segment_attention(q, k, v, cu_q, is_causal, None)
+
+
+def _varlen_2_10(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1)):
+    assert k.shape[1] == q.shape[1], "no GQA in this release"
+    assert window_size in ((-1, -1), (-1, 0))
+    return _segment_attention(q, k, v, cu_q, window_size == (-1, 0), scale)
+
+
+def _varlen_2_12(q, k, v, cu_q, cu_k, max_q, max_k, *, return_aux=None, scale=None, window_size=(-1, -1),
+                 enable_gqa=False):
+    if enable_gqa:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    return _segment_attention(q, k, v, cu_q, window_size == (-1, 0), scale)
+
+
+@pytest.mark.parametrize("kernel", [_varlen_2_9, _varlen_2_10, _varlen_2_12])
+@pytest.mark.parametrize("causal", [True, False])
+def test_torch_varlen_adapts_to_each_release_signature(monkeypatch, kernel, causal):
+    import torch.nn.attention.varlen as varlen
+    from embedtrain.model import attention as A
+
+    monkeypatch.setattr(varlen, "varlen_attn", kernel)
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 3, 10, 11, 16], dtype=torch.int32)
+    q, k, v = torch.randn(4, 16, 8), torch.randn(2, 16, 8), torch.randn(2, 16, 8)  # (H, T, D), GQA 4 / 2
+    exact = PackedAttention.build(cu, causal, "sdpa")
+    ref, _ = A.packed_attention_forward(None, q[None], k[None], v[None], None, scaling=8 ** -0.5, packed=exact)
+    packed = PackedAttention.build(cu, causal, "torch_varlen")
+    out, _ = A.packed_attention_forward(None, q[None], k[None], v[None], None, scaling=8 ** -0.5, packed=packed)
+    assert (out - ref).abs().max().item() < 1e-5
+    if kernel is _varlen_2_9:  # no scale argument: a non-default scale must be refused, not ignored
+        with pytest.raises(NotImplementedError, match="scale"):
+            A.packed_attention_forward(None, q[None], k[None], v[None], None, scaling=0.5, packed=packed)

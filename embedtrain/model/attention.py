@@ -95,8 +95,13 @@ def _torch_varlen(q_THD, k_THD, v_THD, packed: PackedAttention, scaling: float, 
     if dropout:
         raise NotImplementedError("torch_varlen attention has no dropout; use attn_backend sdpa or flash_attn")
     cu = packed.cu_seqlens
-    kwargs = {"scale": scaling}
     params = _parameters(varlen_attn)
+    kwargs = {}
+    if "scale" in params:
+        kwargs["scale"] = scaling
+    elif scaling is not None and abs(scaling - q_THD.shape[-1] ** -0.5) > 1e-12:
+        raise NotImplementedError(f"this torch's varlen_attn has no `scale` argument and the model scales "
+                                  f"attention by {scaling}; use attn_backend sdpa or flash_attn")
     if "window_size" in params:
         kwargs["window_size"] = (-1, 0) if packed.causal else (-1, -1)
     elif "is_causal" in params:
