@@ -174,6 +174,20 @@ def report(res: dict, a: dict, env: dict, peak: dict, prep: dict) -> tuple[str, 
     return md_text, checks
 
 
+def save(res: dict, a: dict, env: dict, peak: dict, prep: dict, out_dir: Path) -> str:
+    md_text, checks = report(res, a, env, peak, prep)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"train_speed_{env['date'][:10].replace('-', '')}"
+    record = {"args": {k: v for k, v in a.items() if k not in ("work", "pairs", "generated", "model")},
+              "env": env, "matmul": peak, "data": {k: prep[k] for k in ("source", "content_tokens")},
+              "targets": TARGETS, "checks": checks, "results": res}
+    for path, text in ((stem.with_suffix(".json"), json.dumps(record, indent=1) + "\n"), (stem.with_suffix(".md"), md_text)):
+        part = path.with_name(path.name + ".tmp")
+        part.write_text(text)
+        os.replace(part, path)
+    return md_text
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add = p.add_argument
@@ -234,20 +248,10 @@ def main():
                 print(f"  {s['real_tok_s']:,.0f} real tok/s, {s['tflops']:.3g} TFLOP/s, MFU {s['mfu']:.1%}, "
                       f"peak {s['peak_memory_gib']:.1f} GiB ({rec['wall_s']:.0f} s)", flush=True)
             res[w][m] = rec
-    md_text, checks = report(res, a, env, peak, prep)
+            # Saved after every run: a run cut short (a time limit) still leaves what it measured.
+            md_text = save(res, a, env, peak, prep, args.out_dir)
     print("\n" + md_text)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"train_speed_{env['date'][:10].replace('-', '')}"
-    record = {"args": {k: v for k, v in a.items() if k not in ("work", "pairs", "generated", "model")},
-              "env": env, "matmul": peak, "data": {k: prep[k] for k in ("source", "content_tokens")},
-              "targets": TARGETS, "checks": checks,
-              "results": {w: {m: {k: v for k, v in r.items() if k != "steps"} | {"steps": r.get("steps")}
-                              for m, r in modes.items()} for w, modes in res.items()}}
-    for path, text in ((stem.with_suffix(".json"), json.dumps(record, indent=1) + "\n"), (stem.with_suffix(".md"), md_text)):
-        part = path.with_name(path.name + ".tmp")
-        part.write_text(text)
-        os.replace(part, path)
-    print(f"saved {stem}.json and {stem}.md")
+    print(f"saved {args.out_dir}/train_speed_{env['date'][:10].replace('-', '')}.{{json,md}}")
     failed = [f"{w}/{m}" for w, modes in res.items() for m, r in modes.items() if "error" in r]
     if failed:
         sys.exit(f"runs failed: {', '.join(failed)}")
