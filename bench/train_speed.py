@@ -177,7 +177,7 @@ def report(res: dict, a: dict, env: dict, peak: dict, prep: dict) -> tuple[str, 
 def save(res: dict, a: dict, env: dict, peak: dict, prep: dict, out_dir: Path) -> str:
     md_text, checks = report(res, a, env, peak, prep)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"train_speed_{env['date'][:10].replace('-', '')}"
+    stem = out_dir / f"train_speed_{env['date'][:10].replace('-', '')}{'_' + a['tag'] if a['tag'] else ''}"
     record = {"args": {k: v for k, v in a.items() if k not in ("work", "pairs", "generated", "model")},
               "env": env, "matmul": peak, "data": {k: prep[k] for k in ("source", "content_tokens")},
               "targets": TARGETS, "checks": checks, "results": res}
@@ -212,6 +212,7 @@ def parse_args():
     add("--seed", type=int, default=0)
     add("--work-dir", type=Path, default=None, help="model, data and logs (default: a temporary folder)")
     add("--out-dir", type=Path, default=REPO / "bench/results")
+    add("--tag", default="", help="suffix of the result files (train_speed_DATE_TAG), e.g. the workload of a split run")
     return p.parse_args()
 
 
@@ -251,7 +252,8 @@ def main():
             # Saved after every run: a run cut short (a time limit) still leaves what it measured.
             md_text = save(res, a, env, peak, prep, args.out_dir)
     print("\n" + md_text)
-    print(f"saved {args.out_dir}/train_speed_{env['date'][:10].replace('-', '')}.{{json,md}}")
+    print(f"saved train_speed_{env['date'][:10].replace('-', '')}{'_' + args.tag if args.tag else ''}.{{json,md}} "
+          f"in {args.out_dir}")
     failed = [f"{w}/{m}" for w, modes in res.items() for m, r in modes.items() if "error" in r]
     if failed:
         sys.exit(f"runs failed: {', '.join(failed)}")
