@@ -5,7 +5,6 @@ models (their n compression tokens close every text). Left or right padding both
 """
 from __future__ import annotations
 
-import torch
 from sentence_transformers.models import Module
 
 
