@@ -36,18 +36,10 @@ TARGETS = {"mfu_stage1": 0.45, "ratio": 2.0, "first_loss_rel": 2e-2, "curve_rel"
 
 def matmul_rate(device: torch.device, dtype: torch.dtype) -> dict:
     """Measured dense matmul TFLOP/s of this device: the MFU denominator (bf16 8192^3 on a GPU)."""
+    from embedtrain.flops import measure_matmul_tflops
+
     n = 8192 if device.type == "cuda" else 1024
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(3):
-        a @ b
-    sync()
-    reps, t0 = 10, time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync()
-    dt = (time.perf_counter() - t0) / reps
-    return {"tflops": 2 * n**3 / dt / 1e12, "n": n, "dtype": str(dtype).replace("torch.", "")}
+    return {"tflops": measure_matmul_tflops(device, dtype, n), "n": n, "dtype": str(dtype).replace("torch.", "")}
 
 
 def environment(device: torch.device) -> dict:

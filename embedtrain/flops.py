@@ -40,3 +40,28 @@ def train_flops(config, seq_lens: list[int], causal: bool = True, logit_position
     p = forward_parts(config, seq_lens, causal, logit_positions)
     weight_factor = 3 if weights_train else 2
     return weight_factor * (p["weights"] + p["head"]) + 3 * p["attention"]
+
+
+def text_lengths(stream) -> list[int]:
+    """Lengths of a packed stream's texts (its trailing padding segment, if any, excluded)."""
+    cu = stream.cu_seqlens
+    return (cu[1:len(stream.text_ids) + 1] - cu[:len(stream.text_ids)]).tolist()
+
+
+def measure_matmul_tflops(device, dtype, n: int | None = None, reps: int = 10) -> float:
+    """Dense matmul rate of this device (the MFU denominator): n^3 products, 3 warm-ups, mean of reps."""
+    import time
+
+    import torch
+
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12

@@ -35,3 +35,23 @@ def test_layers_scale_and_real_config_shape():
                       num_key_value_heads=8, vocab_size=128256, head_dim=64)
     per_token = forward_flops(cfg, [1]) / 1
     assert 1.9e9 < per_token < 2.0e9  # 2 x 0.97e9 decoder weights (no embeddings, no head)
+
+
+def test_infonce_reports_the_same_flops_with_and_without_grad_cache(tiny_models):
+    """The objective's per-micro-batch count equals the formula over the texts' own lengths (pads and
+    pairs across packed texts excluded), and gradient caching's extra no-grad pass is not counted."""
+    import torch
+
+    from embedtrain.config.schema import LoraConfig
+    from embedtrain.objectives.infonce import InfoNCE, InfoNCEOptions
+    from test_objective import _setup
+
+    model, builder = _setup(tiny_models["chatml"], max_tokens=128, lora=LoraConfig(enabled=True, r=4))
+    batch = builder.build(list(range(12)))
+    assert len(batch.streams) >= 3 and batch.computed_tokens == batch.real_tokens  # pad_multiple 1
+    expected = train_flops(model.decoder().config, [len(t.ids) for t in batch.texts], True, 0, weights_train=False)
+    for grad_cache in (False, True):
+        objective = InfoNCE(InfoNCEOptions(grad_cache=grad_cache), torch.device("cpu"))
+        objective.flop_spec = (model.decoder().config, False, True)
+        metrics = objective.forward_backward(model, batch, lambda loss, final: loss.backward())
+        assert metrics["flops"] == expected > 0

@@ -111,9 +111,10 @@ def run(workload: str, mode: str, a: dict, out: Path) -> None:
         sync()
         dt = time.perf_counter() - t0
         computed = m.get("computed_tokens", work[k]["real_tokens"])
-        if mode == "packed" and m["real_tokens"] != work[k]["real_tokens"]:
-            raise RuntimeError(f"step {k}: the trainer ran {m['real_tokens']} real tokens but the FLOP count "
-                               f"assumes {work[k]['real_tokens']}: the bench's accounting is wrong")
+        if mode == "packed" and (m["real_tokens"], m["model_flops"]) != (work[k]["real_tokens"], work[k]["flops"]):
+            raise RuntimeError(f"step {k}: the trainer ran {m['real_tokens']} real tokens and counted "
+                               f"{m['model_flops']:.6g} FLOPs, the bench's count from the examples says "
+                               f"{work[k]['real_tokens']} and {work[k]['flops']:.6g}: one of them is wrong")
         rec["steps"].append({"loss": m["loss"], "time_s": dt, "computed_tokens": int(computed), **work[k]})
         print(f"[{workload}/{mode}] step {k + 1}/{total} loss {m['loss']:.4f} {dt:.3f}s", flush=True)
     rec["peak_memory_gib"] = peak_memory_gib(device)

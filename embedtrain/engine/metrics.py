@@ -38,8 +38,9 @@ class MetricsLogger:
             return
         if self.bar is not None:
             self.bar.update(1)
+            extra = {"mfu": f"{metrics['mfu']:.1%}"} if "mfu" in metrics else {}
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
-                                 pack=f"{metrics['packing_efficiency']:.3f}")
+                                 pack=f"{metrics['packing_efficiency']:.3f}", **extra)
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.file.flush()
         if step % self.log_every == 0 or step == 1:

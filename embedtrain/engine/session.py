@@ -6,6 +6,7 @@ call train_step, so what the bench times is exactly what `embedtrain train` runs
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class Session:
     builder: MicroBatchBuilder
     scheduler: torch.optim.lr_scheduler.LRScheduler
     engine: object  # deepspeed.DeepSpeedEngine around the EmbeddingModel
+    peak_tflops: float | None = None  # MFU denominator per device; None: MFU is not logged
 
 
 def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None = None) -> Session:
@@ -72,6 +74,9 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
                                 cfg.data.instructions, cfg.data.default_instruction,
                                 cfg.data.max_negatives if objective_cls.uses_negatives else 0, device,
                                 objective.make_batch)
+    # FLOP accounting: do the decoder's own weights train (full fine-tuning), or only adapters / new rows?
+    weights_train = any(p.requires_grad for n, p in model.decoder().named_parameters() if "lora_" not in n)
+    objective.flop_spec = (model.decoder().config, weights_train, model.causal)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
     optimizer = build_optimizer(model, cfg.train)
@@ -82,7 +87,21 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
                                            config=ds_config)
     _record_grad_norm(engine)
     return Session(cfg, device, rank, world, options, index, order, micro_global, gas, tokenizer, objective,
-                   text_tok, builder, scheduler, engine)
+                   text_tok, builder, scheduler, engine, _peak_tflops(cfg, device))
+
+
+def _peak_tflops(cfg: RecipeConfig, device: torch.device) -> float | None:
+    """EMBEDTRAIN_PEAK_TFLOPS (e.g. a datasheet number), else on a GPU its measured dense matmul rate in
+    the run's dtype (an 8192^3 product; about a second); on CPU none (MFU is for accelerators)."""
+    if os.environ.get("EMBEDTRAIN_PEAK_TFLOPS"):
+        return float(os.environ["EMBEDTRAIN_PEAK_TFLOPS"])
+    if device.type != "cuda":
+        return None
+    from embedtrain.flops import measure_matmul_tflops
+
+    peak = measure_matmul_tflops(device, torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32)
+    log.info("MFU denominator: measured %s matmul rate %.0f TFLOP/s", cfg.model.dtype, peak)
+    return peak
 
 
 def _record_grad_norm(engine) -> None:
@@ -100,7 +119,7 @@ def _record_grad_norm(engine) -> None:
 def train_step(s: Session, step: int) -> dict:
     """One optimizer step (all its accumulated micro-batches) and its metrics, reduced over ranks."""
     t0 = time.perf_counter()
-    sums = {"real_tokens": 0.0, "computed_tokens": 0.0, "truncated": 0.0}
+    sums = {"real_tokens": 0.0, "computed_tokens": 0.0, "truncated": 0.0, "flops": 0.0}
     acc: dict[str, float] = {}
     engine = s.engine
     for m in range(s.gas):
@@ -113,6 +132,7 @@ def train_step(s: Session, step: int) -> dict:
         # Tokens an objective runs beyond the batch's own streams (reconstruction's decoding passes).
         sums["real_tokens"] += out.pop("extra_real_tokens", 0.0)
         sums["computed_tokens"] += out.pop("extra_computed_tokens", 0.0)
+        sums["flops"] += out.pop("flops", 0.0)
         for k, v in out.items():
             acc[k] = acc.get(k, 0.0) + v / s.gas
     engine.step()
@@ -125,5 +145,8 @@ def train_step(s: Session, step: int) -> dict:
                    real_tokens=int(totals["real_tokens"]), computed_tokens=int(totals["computed_tokens"]),
                    tokens_per_s=totals["real_tokens"] / dt,
                    packing_efficiency=totals["real_tokens"] / max(1.0, totals["computed_tokens"]),
-                   truncated=int(totals["truncated"]), peak_mem_gb=peak_memory_gb(s.device), step_time_s=dt)
+                   truncated=int(totals["truncated"]), peak_mem_gb=peak_memory_gb(s.device), step_time_s=dt,
+                   model_flops=totals["flops"], model_tflops=totals["flops"] / dt / 1e12 / s.world)
+    if s.peak_tflops:
+        metrics["mfu"] = metrics["model_tflops"] / s.peak_tflops
     return metrics

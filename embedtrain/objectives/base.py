@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from embedtrain.data.batches import MicroBatch
+from embedtrain.flops import text_lengths, train_flops
 
 # backward(loss, final) runs one backward pass; final=False tells the engine more backward passes
 # of the same micro-batch follow (gradient caching), so gradients are not yet reduced.
@@ -32,6 +33,21 @@ class Objective:
     # Objectives that format and pack their own batches set this to a method (examples -> MicroBatch);
     # None: the data builder's standard (query, positive, negatives) packing.
     make_batch = None
+
+    # (decoder config, whether the decoder's own weights train, the model's attention is causal), set by
+    # the engine: objectives then report the model FLOPs of each micro-batch as metrics["flops"].
+    flop_spec: tuple | None = None
+
+    def model_flops(self, lengths: list[int], logit_positions: int = 0, causal: bool | None = None) -> float:
+        """Training FLOPs (forward + backward) of one pass over texts of these lengths (embedtrain.flops)."""
+        if self.flop_spec is None:
+            return 0.0
+        config, weights_train, model_causal = self.flop_spec
+        return float(train_flops(config, lengths, model_causal if causal is None else causal, logit_positions,
+                                 weights_train))
+
+    def stream_flops(self, streams, logit_positions: int = 0, causal: bool | None = None) -> float:
+        return self.model_flops([n for s in streams for n in text_lengths(s)], logit_positions, causal)
 
     def loss(self, model, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

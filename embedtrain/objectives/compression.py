@@ -162,4 +162,6 @@ class Compression(Objective):
         metrics = {"loss_recon": parts["recon"] / glob["tokens"], "loss_align": parts["align"] / glob["queries"],
                    "teacher_cos": parts["cos"] / glob["queries"], "target_tokens": glob["tokens"]}
         metrics["loss"] = o.w_recon * metrics["loss_recon"] + o.w_align * metrics["loss_align"]
+        metrics["flops"] = (self.stream_flops(batch.streams, causal=True)
+                            + self.stream_flops(batch.decode_streams, sum(counts), causal=True))
         return loss, metrics

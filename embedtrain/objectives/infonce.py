@@ -55,7 +55,9 @@ def infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float,
 class InfoNCE(Objective):
     def loss(self, model, batch: MicroBatch):
         emb = embed_batch(model, batch, self.device)
-        return infonce_loss(emb, batch.num_queries, self.options.temperature, self.options.symmetric)
+        loss, metrics = infonce_loss(emb, batch.num_queries, self.options.temperature, self.options.symmetric)
+        metrics["flops"] = self.stream_flops(batch.streams)
+        return loss, metrics
 
     def forward_backward(self, model, batch: MicroBatch, backward: Backward) -> dict[str, float]:
         if not self.options.grad_cache:
@@ -76,4 +78,5 @@ class InfoNCE(Objective):
             with snap.replay():
                 out = model(s)
             backward((out * leaf.grad.to(out.dtype)).sum(), i == len(streams) - 1)
+        metrics["flops"] = self.stream_flops(batch.streams)  # model FLOPs: the no-grad pass is not counted
         return metrics

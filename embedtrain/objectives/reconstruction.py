@@ -142,7 +142,7 @@ class Reconstruction(Objective):
 
     def _direction(self, model, batch: MicroBatch, anchors_NH, targets: list[TokenizedText]):
         """Sum of CE over one direction's targets on this rank, the number of target tokens, and the
-        (real, computed) tokens of its decoding streams."""
+        (real, computed) tokens and the model FLOPs of its decoding streams."""
         inputs, labels = decoding_inputs(targets)
         streams = pack_on_every_rank(inputs, batch.max_tokens, batch.pad_id, batch.pad_multiple, self.device)
         per_stream = []
@@ -166,7 +166,8 @@ class Reconstruction(Objective):
             hidden_TH = model(s, inject=(slots_S, vectors), causal=True, return_hidden=True)
             mask_T = y_T != -100
             total = total + chunked_ce_sum(hidden_TH[mask_T], y_T[mask_T], head, self.options.logits_chunk, k)
-        return total, sum(counts), (sum(s.num_real_tokens for s in streams), sum(s.num_tokens for s in streams))
+        return total, sum(counts), (sum(s.num_real_tokens for s in streams), sum(s.num_tokens for s in streams),
+                                    self.stream_flops(streams, sum(counts), causal=True))
 
     def loss(self, model, batch: MicroBatch):
         q = batch.num_queries
@@ -190,4 +191,5 @@ class Reconstruction(Objective):
         # The engine adds these to the batch's (anchor pass) token counts for tokens/s and packing efficiency.
         metrics["extra_real_tokens"] = float(sum(t[0] for t in tokens))
         metrics["extra_computed_tokens"] = float(sum(t[1] for t in tokens))
+        metrics["flops"] = self.stream_flops(batch.streams) + sum(t[2] for t in tokens)
         return loss, metrics
