@@ -93,8 +93,15 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
 def _peak_tflops(cfg: RecipeConfig, device: torch.device) -> float | None:
     """EMBEDTRAIN_PEAK_TFLOPS (e.g. a datasheet number), else on a GPU its measured dense matmul rate in
     the run's dtype (an 8192^3 product; about a second); on CPU none (MFU is for accelerators)."""
-    if os.environ.get("EMBEDTRAIN_PEAK_TFLOPS"):
-        return float(os.environ["EMBEDTRAIN_PEAK_TFLOPS"])
+    if text := os.environ.get("EMBEDTRAIN_PEAK_TFLOPS"):
+        try:
+            peak = float(text)
+        except ValueError:
+            peak = 0.0
+        if not peak > 0:
+            raise ValueError(f"EMBEDTRAIN_PEAK_TFLOPS={text!r}: expected a positive number of TFLOP/s per device "
+                             "(e.g. 989 for an H100 SXM's dense bf16), or unset it to measure the GPU")
+        return peak
     if device.type != "cuda":
         return None
     from embedtrain.flops import measure_matmul_tflops
