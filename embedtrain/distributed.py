@@ -52,6 +52,18 @@ def init_distributed(backend: str = "auto") -> torch.device:
     return device
 
 
+RENDEZVOUS_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(base: dict | None = None, **extra: str) -> dict:
+    """An environment for a child training process: `base` (default os.environ) without the rank and
+    rendezvous variables this process may carry (init_distributed sets them in a plain process, and a
+    child would join that group), plus `extra`."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in RENDEZVOUS_VARS}
+    env.update(extra)
+    return env
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -1,7 +1,6 @@
 """Tests 3-6 at world size 2 (gloo, torchrun): gathered InfoNCE gradients, gradient caching under
 DeepSpeed, ZeRO stage trajectories, exact resume. One launch runs every scenario (imports dominate)."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from transformers import AutoModelForCausalLM
 from embedtrain.config.loader import load_recipe
 from embedtrain.data.jsonl import build_index
 from embedtrain.data.packing import TextTokenizer
+from embedtrain.distributed import child_env
 from embedtrain.families import FAMILIES
 from embedtrain.model.embedder import load_tokenizer
 from embedtrain.tiny import make_tiny_model
@@ -26,10 +26,7 @@ SCENARIOS = ("grad_plain,grad_cache,grad_symmetric,z0,z1,z2,z3,z3_offload,z2_gra
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
+    return child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from embedtrain.distributed import child_env
 from embedtrain.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(cmd, tmp_path, **extra):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

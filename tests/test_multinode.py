@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from embedtrain.distributed import child_env
 from embedtrain.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,11 +63,8 @@ deepspeed: {{zero_stage: 2}}
 
 
 def _env(**extra):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    env.update(extra)
-    return env
+    return child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                     **extra)
 
 
 def _start_nodes(root, recipe, out, port, *sets, **extra):

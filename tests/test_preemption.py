@@ -1,7 +1,6 @@
 """SIGUSR1 / SIGTERM mid-run: the step finishes, a checkpoint is written, the process exits with the
 requeue code, and --resume ends exactly where an uninterrupted run ends."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from embedtrain.distributed import child_env
 from embedtrain.engine.preemption import REQUEUE_EXIT_CODE
 from embedtrain.tiny import make_tiny_model
 
@@ -19,10 +19,7 @@ STEPS = 60
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
+    return child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
 def _losses(run):

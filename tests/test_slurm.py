@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from embedtrain.distributed import child_env
 from embedtrain.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,11 +116,8 @@ def _job_state(env, job: str) -> dict:
 
 def _job_env(env, nproc: int) -> dict:
     """What sbatch exports to the job: no rank variables left over from this test process."""
-    job_env = dict(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(ROOT), NPROC=str(nproc),
-                   OMP_NUM_THREADS="1", EMBEDTRAIN_LAUNCH_DIR=str(ROOT / "launch"))
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        job_env.pop(k, None)
-    return job_env
+    return child_env(env, PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONPATH=str(ROOT),
+                     NPROC=str(nproc), OMP_NUM_THREADS="1", EMBEDTRAIN_LAUNCH_DIR=str(ROOT / "launch"))
 
 
 def _submit(env, tmp, recipe, out_dir, *sets) -> str:

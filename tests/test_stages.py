@@ -1,7 +1,6 @@
 """Issue 3 test 5: stage I (reconstruction, full fine-tuning) then stage II (InfoNCE + a fresh LoRA)
 through the CLI; stage II starts from stage I's weights and trains only the new LoRA."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from embedtrain.distributed import child_env
 from embedtrain.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,9 +18,7 @@ DATA = ROOT / "recipes" / "quickstart" / "data"
 
 
 def _train(recipe, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
-    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = child_env(OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "embedtrain", "train", str(recipe)], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

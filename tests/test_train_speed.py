@@ -3,17 +3,17 @@ must compute the same losses as embedtrain's packed trainer step, step after ste
 the bench's token and FLOP accounting must match what the trainer ran (the worker checks this per step
 and fails otherwise); and the results must be written with their environment."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from embedtrain.distributed import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_packed_and_padded_agree_and_results_written(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                            "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env = child_env()
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "bench/train_speed.py"), "--shape", "tiny", "--steps", "3", "--warmup", "1",
            "--batch-size", "4", "--max-length", "64", "--max-tokens", "256", "--pad-multiple", "1", "--vocab", "800",
