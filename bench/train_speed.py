@@ -13,7 +13,7 @@ See bench/README.md; results go to bench/results/.
 """
 from __future__ import annotations
 
-import argparse, datetime, importlib.metadata as md, json, os, platform, subprocess, sys, tempfile, time
+import argparse, importlib.metadata as md, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import torch
@@ -43,18 +43,16 @@ def matmul_rate(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def environment(device: torch.device) -> dict:
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    """packing_throughput's host / version / commit record plus the GPU and the training libraries."""
+    from packing_throughput import environment as host_environment
 
     def version(name):
         try:
             return md.version(name)
         except md.PackageNotFoundError:
             return None
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           **{k: version(k) for k in ("transformers", "deepspeed", "peft", "flash-attn", "tokenizers")},
-           "commit": (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if git("status", "--porcelain") else ""),
-           "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    env = {**host_environment(), "cuda": torch.version.cuda,
+           **{k: version(k) for k in ("deepspeed", "peft", "flash-attn", "tokenizers")}}
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         env["device"] = f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs"
@@ -99,13 +97,13 @@ def compare(p: dict, q: dict, warmup: int) -> dict:
 
 def run_mode(workload: str, mode: str, a: dict, log_dir: Path) -> dict:
     out = log_dir / f"{workload}-{mode}.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                            "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    from embedtrain.distributed import child_env
+
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", workload, mode, json.dumps(a), str(out)]
     log = log_dir / f"{workload}-{mode}.log"
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"}).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(PYTHONUNBUFFERED="1")).returncode
     tail = log.read_text().splitlines()[-15:]
     if rc != 0 or not out.is_file():
         oom = any("OutOfMemoryError" in line or "out of memory" in line for line in tail)
@@ -173,10 +171,10 @@ def save(res: dict, a: dict, env: dict, peak: dict, prep: dict, out_dir: Path) -
     record = {"args": {k: v for k, v in a.items() if k not in ("work", "pairs", "generated", "model")},
               "env": env, "matmul": peak, "data": {k: prep[k] for k in ("source", "content_tokens")},
               "targets": TARGETS, "checks": checks, "results": res}
-    for path, text in ((stem.with_suffix(".json"), json.dumps(record, indent=1) + "\n"), (stem.with_suffix(".md"), md_text)):
-        part = path.with_name(path.name + ".tmp")
-        part.write_text(text)
-        os.replace(part, path)
+    from packing_throughput import write_atomic
+
+    write_atomic(stem.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
+    write_atomic(stem.with_suffix(".md"), md_text)
     return md_text
 
 

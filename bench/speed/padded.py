@@ -9,22 +9,12 @@ At fp32 the first step's loss equals the packed path's (tests/test_train_speed.p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embedtrain.config.validate import objective_options
-from embedtrain.data.batches import BatchOrder
-from embedtrain.data.jsonl import build_index
-from embedtrain.data.packing import TextTokenizer
-from embedtrain.engine.ds_config import batch_plan, build_ds_config
-from embedtrain.engine.schedule import build_optimizer, build_scheduler
-from embedtrain.model.embedder import build_model, load_tokenizer
 from embedtrain.objectives.infonce import infonce_loss
 from embedtrain.objectives.reconstruction import decoding_inputs
-from embedtrain.objectives.registry import get_objective
 
 
 class PaddedModel(nn.Module):
@@ -57,59 +47,16 @@ def pad(seqs: list[list[int]], value: int, device) -> tuple[torch.Tensor, torch.
     return out_BL.to(device), mask_BL.to(device), lengths_B.to(device)
 
 
-@dataclass
-class PaddedSession:
-    cfg: object
-    workload: str  # the objective name: reconstruction, infonce or compression
-    device: torch.device
-    options: object
-    index: object
-    order: BatchOrder
-    micro_global: int
-    gas: int
-    text_tok: TextTokenizer
-    objective: object  # only its setup and text formatting are used
-    engine: object
-    scheduler: object
+def build_padded_session(cfg, origin, device):
+    """The trainer's session around the stock-attention model: same weights, LoRA init, optimizer, data."""
+    from embedtrain.engine.session import build_session
+
+    return build_session(cfg, origin, device, hf_attention="sdpa", wrap=lambda em: PaddedModel(em.lm, em.family))
 
 
-def build_padded_session(cfg, origin, device) -> PaddedSession:
-    options = objective_options(cfg, origin)
-    ds_config = build_ds_config(cfg, 1)
-    index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
-    micro_global, gas = batch_plan(cfg, 1)
-    order = BatchOrder(index, micro_global * gas, cfg.run.seed, cfg.data.same_task_batches)
-    torch.manual_seed(cfg.run.seed)  # the same LoRA init as build_session
-    tokenizer = load_tokenizer(cfg.model.path)
-    em = build_model(cfg.model, tokenizer, device, hf_attention="sdpa")
-    objective_cls, _ = get_objective(cfg.train.objective)
-    if not objective_cls.uses_lm_head:
-        em.freeze_unused_lm_head()
-    model = PaddedModel(em.lm, em.family)
-    objective = objective_cls(options, device)
-    objective.setup(model, cfg, index, tokenizer)
-    text_tok = TextTokenizer(tokenizer, em.family, cfg.data.max_length, cfg.data.instruction_format)
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train)
-    import deepspeed
-
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    return PaddedSession(cfg, cfg.train.objective, device, options, index, order, micro_global, gas, text_tok,
-                         objective, engine, scheduler)
-
-
-def read_examples(s: PaddedSession, ids) -> list:
-    examples = [s.index.read(int(i)) for i in ids]
-    keep = s.cfg.data.max_negatives if get_objective(s.workload)[0].uses_negatives else 0
-    for e in examples:
-        if keep is not None:
-            del e.negatives[keep:]
-    return examples
-
-
-def _instructions(s: PaddedSession, examples) -> list:
-    d = s.cfg.data
-    return [e.instruction or d.instructions.get(e.task, d.default_instruction) for e in examples]
+def _queries(s, examples) -> tuple[list[str], list[str | None]]:
+    """Query texts and their instructions; `s` is the Session of build_padded_session."""
+    return [e.query for e in examples], [s.builder.instruction_for(e) for e in examples]
 
 
 def _full_logits_ce_sum(logits_BLV: torch.Tensor, labels: list[list[int]], start: int, device) -> torch.Tensor:
@@ -119,9 +66,9 @@ def _full_logits_ce_sum(logits_BLV: torch.Tensor, labels: list[list[int]], start
     return F.cross_entropy(logits_BLV.float().flatten(0, 1), y_BL.flatten().to(device), reduction="sum")
 
 
-def infonce_step(s: PaddedSession, examples) -> tuple[torch.Tensor, dict, list[int]]:
+def infonce_step(s, examples) -> tuple[torch.Tensor, dict, list[int]]:
     t = s.text_tok
-    texts = t.encode([e.query for e in examples], _instructions(s, examples)) + \
+    texts = t.encode(*_queries(s, examples)) + \
         t.encode([e.positive for e in examples] + [n for e in examples for n in e.negatives])
     ids, mask, lens = pad([x.ids for x in texts], t.pad_id, s.device)
     hidden_BLH = s.engine(ids, mask)
@@ -130,9 +77,9 @@ def infonce_step(s: PaddedSession, examples) -> tuple[torch.Tensor, dict, list[i
     return loss, metrics, [ids.numel()]
 
 
-def reconstruction_step(s: PaddedSession, examples) -> tuple[torch.Tensor, dict, list[int]]:
+def reconstruction_step(s, examples) -> tuple[torch.Tensor, dict, list[int]]:
     t, q = s.text_tok, len(examples)
-    texts = t.encode([e.query for e in examples], _instructions(s, examples)) + t.encode([e.positive for e in examples])
+    texts = t.encode(*_queries(s, examples)) + t.encode([e.positive for e in examples])
     ids, mask, lens = pad([x.ids for x in texts], t.pad_id, s.device)
     anchors_NH = s.engine(ids, mask)[torch.arange(len(texts), device=s.device), lens - 1]
     computed = [ids.numel()]
@@ -154,11 +101,11 @@ def reconstruction_step(s: PaddedSession, examples) -> tuple[torch.Tensor, dict,
     return loss, metrics, computed
 
 
-def compression_step(s: PaddedSession, examples) -> tuple[torch.Tensor, dict, list[int]]:
+def compression_step(s, examples) -> tuple[torch.Tensor, dict, list[int]]:
     text, o, dev = s.objective.text, s.options, s.device
     head = s.engine.module.compression
     k, n, q = head.num_special, head.compression, len(examples)
-    queries = text.queries([e.query for e in examples], _instructions(s, examples))
+    queries = text.queries(*_queries(s, examples))
     ids, mask, lens = pad([x.ids for x in queries], text.pad_id, dev)
     rows_QK = torch.arange(q, device=dev)[:, None].expand(q, k)
     cols_QK = lens[:, None] - k + torch.arange(k, device=dev)
@@ -184,12 +131,12 @@ def compression_step(s: PaddedSession, examples) -> tuple[torch.Tensor, dict, li
 STEPS = {"infonce": infonce_step, "reconstruction": reconstruction_step, "compression": compression_step}
 
 
-def padded_train_step(s: PaddedSession, step: int) -> dict:
+def padded_train_step(s, step: int) -> dict:
     """One optimizer step over the same examples the packed trainer uses at this step."""
     acc, computed = {}, 0
     for m in range(s.gas):
         ids = s.order.global_batch_ids(step)[m * s.micro_global:(m + 1) * s.micro_global]
-        loss, metrics, sizes = STEPS[s.workload](s, read_examples(s, ids))
+        loss, metrics, sizes = STEPS[s.cfg.train.objective](s, s.builder.read(ids))
         s.engine.backward(loss)
         computed += sum(sizes)
         for key, v in metrics.items():

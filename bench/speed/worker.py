@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import time
 from pathlib import Path
 
@@ -12,10 +11,9 @@ import torch
 
 from embedtrain import distributed as D
 from embedtrain.config.loader import load_recipe
+from embedtrain.engine.metrics import peak_memory_gb
 from embedtrain.flops import train_flops
-from embedtrain.model.compression import CompressionText
 from embedtrain.objectives.reconstruction import decoding_inputs
-from embedtrain.objectives.registry import get_objective
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 WORKLOADS = {"stage1": "reconstruction", "stage2": "infonce", "compression": "compression"}
@@ -38,22 +36,14 @@ def recipe(workload: str, mode: str, a: dict) -> tuple:
     return load_recipe(RECIPES / f"{workload}.yaml", overrides)
 
 
-def step_work(s, step: int) -> dict:
+def step_work(s, step: int, lm_config) -> dict:
     """Mode-independent useful work of one optimizer step: real tokens and model FLOPs, counted from the
     step's examples formatted as the objective formats them (no padding, no pairs across texts)."""
     cfg, name = s.cfg, s.cfg.train.objective
-    cls, _ = get_objective(name)
-    keep = cfg.data.max_negatives if cls.uses_negatives else 0
-    examples = [s.index.read(int(i)) for i in s.order.global_batch_ids(step)]
-    for e in examples:
-        del e.negatives[keep if keep is not None else len(e.negatives):]
-    d = cfg.data
-    inst = [e.instruction or d.instructions.get(e.task, d.default_instruction) for e in examples]
-    lm_config = s.config
+    examples = s.builder.read(s.order.global_batch_ids(step))
+    inst = [s.builder.instruction_for(e) for e in examples]
     if name == "compression":
-        o = s.options
-        text = CompressionText(s.tokenizer, s.family, d.max_length, d.instruction_format, o.thought_tokens,
-                               o.compression_tokens, o.response_max_length)
+        text = s.objective.text
         queries = [len(t.ids) for t in text.queries([e.query for e in examples], inst)]
         inputs, labels = text.responses([e.positive for e in examples])
         lens, logits, train_w = queries + [len(t.ids) for t in inputs], sum(map(len, labels)), False
@@ -70,12 +60,6 @@ def step_work(s, step: int) -> dict:
     return {"real_tokens": sum(lens), "flops": train_flops(lm_config, lens, True, logits, train_w)}
 
 
-def peak_memory_gib(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def run(workload: str, mode: str, a: dict, out: Path) -> None:
     cfg, origin = recipe(workload, mode, a)
     device = D.init_distributed(cfg.deepspeed.backend)
@@ -83,21 +67,19 @@ def run(workload: str, mode: str, a: dict, out: Path) -> None:
         from embedtrain.engine.session import build_session, train_step
 
         s = build_session(cfg, origin, device)
-        step_fn, module = (lambda k: train_step(s, k)), s.engine.module
-        s.family, backend = module.family, module.backend
+        step_fn, backend = (lambda k: train_step(s, k)), s.engine.module.backend
     else:
         from speed.padded import build_padded_session, padded_train_step
 
         s = build_padded_session(cfg, origin, device)
-        s.tokenizer, s.family, backend = s.text_tok.tok, s.engine.module.family, "hf sdpa, 2D mask"
-        step_fn, module = (lambda k: padded_train_step(s, k)), s.engine.module
-    s.config = module.lm.config
+        step_fn, backend = (lambda k: padded_train_step(s, k)), "hf sdpa, 2D mask"
+    module = s.engine.module
     s.engine.train()  # from_pretrained leaves eval mode, in which HF skips gradient checkpointing
     if cfg.model.gradient_checkpointing and not any(getattr(m, "gradient_checkpointing", False) is True
                                                     for m in module.modules()):
         raise RuntimeError("model.gradient_checkpointing is set but no module checkpoints")
     total = cfg.train.steps
-    work = [step_work(s, k) for k in range(total)]
+    work = [step_work(s, k, module.lm.config) for k in range(total)]
     params = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -117,7 +99,7 @@ def run(workload: str, mode: str, a: dict, out: Path) -> None:
                                f"{work[k]['real_tokens']} and {work[k]['flops']:.6g}: one of them is wrong")
         rec["steps"].append({"loss": m["loss"], "time_s": dt, "computed_tokens": int(computed), **work[k]})
         print(f"[{workload}/{mode}] step {k + 1}/{total} loss {m['loss']:.4f} {dt:.3f}s", flush=True)
-    rec["peak_memory_gib"] = peak_memory_gib(device)
+    rec["peak_memory_gib"] = peak_memory_gb(device)  # GiB: max_memory_allocated, or peak RSS on CPU
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(rec, indent=1))
     os.replace(tmp, out)

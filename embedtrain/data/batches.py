@@ -80,6 +80,11 @@ class MicroBatch:
         return sum(s.num_tokens for s in self.streams)
 
 
+def instruction_for(ex: Example, instructions: dict[str, str], default: str | None) -> str | None:
+    """A line's own instruction wins over the recipe's per-task one, then the recipe's default."""
+    return ex.instruction or instructions.get(ex.task, default)
+
+
 class MicroBatchBuilder:
     """Reads, formats and packs one rank's examples of a global micro-batch (a collective when the world
     size is above 1: ranks agree on the number of packed streams)."""
@@ -94,14 +99,18 @@ class MicroBatchBuilder:
         self.make_batch = make_batch  # an objective's own formatting and packing (examples -> MicroBatch)
 
     def instruction_for(self, ex: Example) -> str | None:
-        # A line's own instruction wins over the recipe's per-task one.
-        return ex.instruction or self.instructions.get(ex.task, self.default_instruction)
+        return instruction_for(ex, self.instructions, self.default_instruction)
 
-    def build(self, example_ids: np.ndarray) -> MicroBatch:
+    def read(self, example_ids) -> list[Example]:
+        """The examples, each with at most max_negatives hard negatives (the first ones)."""
         examples = [self.index.read(int(i)) for i in example_ids]
         if self.max_negatives is not None:
             for e in examples:
                 del e.negatives[self.max_negatives:]
+        return examples
+
+    def build(self, example_ids: np.ndarray) -> MicroBatch:
+        examples = self.read(example_ids)
         if self.make_batch is not None:
             return self.make_batch(examples)
         return self.from_examples(examples)

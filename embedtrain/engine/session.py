@@ -47,9 +47,12 @@ class Session:
     peak_tflops: float | None = None  # MFU denominator per device; None: MFU is not logged
 
 
-def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None = None) -> Session:
+def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None = None,
+                  hf_attention: str | None = None, wrap=None) -> Session:
     """Validate, index the data, load the model, set the objective up and wrap it all in DeepSpeed.
-    Expects the process group to exist (distributed.init_distributed)."""
+
+    hf_attention and wrap (EmbeddingModel -> the module DeepSpeed trains) serve the padded baselines of
+    bench/train_speed.py: the same session around a stock-attention model run on padded batches."""
     device = device if device is not None else D.init_distributed(cfg.deepspeed.backend)
     rank, world = D.rank(), D.world_size()
     # Everything that can be wrong with the recipe or the data fails here, before the model loads.
@@ -63,20 +66,22 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
 
     torch.manual_seed(cfg.run.seed)  # identical initial weights (LoRA) on every rank
     tokenizer = load_tokenizer(cfg.model.path)
-    model = build_model(cfg.model, tokenizer, device)
+    embedder = build_model(cfg.model, tokenizer, device, hf_attention)
     objective_cls, _ = get_objective(cfg.train.objective)
-    if not objective_cls.uses_lm_head and model.freeze_unused_lm_head():
+    if not objective_cls.uses_lm_head and embedder.freeze_unused_lm_head():
         log.info("LM head frozen: objective %s does not use it", cfg.train.objective)
+    model = wrap(embedder) if wrap is not None else embedder
     objective = objective_cls(options, device)
     objective.setup(model, cfg, index, tokenizer)
-    text_tok = TextTokenizer(tokenizer, model.family, cfg.data.max_length, cfg.data.instruction_format)
+    text_tok = TextTokenizer(tokenizer, embedder.family, cfg.data.max_length, cfg.data.instruction_format)
     builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
                                 cfg.data.instructions, cfg.data.default_instruction,
                                 cfg.data.max_negatives if objective_cls.uses_negatives else 0, device,
                                 objective.make_batch)
     # FLOP accounting: do the decoder's own weights train (full fine-tuning), or only adapters / new rows?
-    weights_train = any(p.requires_grad for n, p in model.decoder().named_parameters() if "lora_" not in n)
-    objective.flop_spec = (model.decoder().config, weights_train, model.causal)
+    decoder = embedder.decoder()
+    weights_train = any(p.requires_grad for n, p in decoder.named_parameters() if "lora_" not in n)
+    objective.flop_spec = (decoder.config, weights_train, embedder.causal)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
     optimizer = build_optimizer(model, cfg.train)

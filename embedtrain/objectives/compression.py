@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from embedtrain import distributed as D
-from embedtrain.data.batches import MicroBatch
+from embedtrain.data.batches import MicroBatch, instruction_for
 from embedtrain.data.jsonl import Example
 from embedtrain.data.packing import PackedStream, pack_on_every_rank
 from embedtrain.model.compression import (CompressionHead, CompressionText, compression_states,
@@ -112,7 +112,7 @@ class Compression(Objective):
 
     def make_batch(self, examples: list[Example]) -> CompressionBatch:
         t = self.text
-        inst = [e.instruction or self.instructions.get(e.task, self.default_instruction) for e in examples]
+        inst = [instruction_for(e, self.instructions, self.default_instruction) for e in examples]
         queries = t.queries([e.query for e in examples], inst)
         streams = pack_on_every_rank(queries, self.max_tokens, t.pad_id, self.multiple, self.device)
         inputs, labels = t.responses([e.positive for e in examples])
