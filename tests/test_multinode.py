@@ -1,9 +1,11 @@
-"""Issue 6 tests 1 and 3 on real launchers: two "nodes" are two network namespaces joined by a veth pair,
-each running launch/node.sh (the deepspeed launcher's per-node mode, 1 process, gloo).
-1. Their losses equal one node with 2 processes.
+"""Issue 6 tests 1 and 3 on real launchers: two "nodes" are two network namespaces joined by a veth pair
+(its ends are named alike, so one GLOO_SOCKET_IFNAME serves both nodes, as on a real cluster).
+1. launch/node.sh on each node (the deepspeed launcher's per-node mode, 1 process, gloo), and
+   launch/hostfile.sh from one node over real sshd + pdsh, each give the losses of one node with 2 processes.
 3. kill -9 of the rank on one node ends the other node's rank within a bound, naming the dead rank."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from embedtrain.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 NS, ADDR = ("et_node0", "et_node1"), ("10.231.7.1", "10.231.7.2")
+LINK = "etlink"  # the veth end's name inside each namespace
 
 
 def _ip(*args):
@@ -35,13 +38,20 @@ def nodes():
             ("link", "add", "etv0", "type", "veth", "peer", "name", "etv1"),
             ("link", "set", "etv0", "netns", NS[0]), ("link", "set", "etv1", "netns", NS[1])]
     for i in (0, 1):
-        cmds += [("-n", NS[i], "addr", "add", f"{ADDR[i]}/24", "dev", f"etv{i}"),
-                 ("-n", NS[i], "link", "set", f"etv{i}", "up"), ("-n", NS[i], "link", "set", "lo", "up")]
+        cmds += [("-n", NS[i], "link", "set", f"etv{i}", "name", LINK),
+                 ("-n", NS[i], "addr", "add", f"{ADDR[i]}/24", "dev", LINK),
+                 ("-n", NS[i], "link", "set", LINK, "up"), ("-n", NS[i], "link", "set", "lo", "up")]
     for c in cmds:
         r = _ip(*c)
         assert r.returncode == 0, f"ip {' '.join(c)}: {r.stderr}"
     yield
     for ns in NS:
+        # a failed run can leave ranks behind (started over ssh, they are no children of the test)
+        for pid in _ip("netns", "pids", ns).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         _ip("netns", "del", ns)
 
 
@@ -71,7 +81,7 @@ def _start_nodes(root, recipe, out, port, *sets, **extra):
     procs = []
     for i in (0, 1):
         env = _env(NNODES="2", NODE_RANK=str(i), MASTER_ADDR=ADDR[0], MASTER_PORT=str(port), NPROC="1",
-                   GLOO_SOCKET_IFNAME=f"etv{i}", **extra)
+                   GLOO_SOCKET_IFNAME=LINK, **extra)
         cmd = ["ip", "netns", "exec", NS[i], "bash", str(ROOT / "launch" / "node.sh"), str(recipe),
                "--set", f"run.output_dir={out}"] + [a for s in sets for a in ("--set", s)]
         procs.append(subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -83,19 +93,88 @@ def _losses(run):
     return [json.loads(line)["loss"] for line in open(run / "metrics.jsonl")]
 
 
-def test_two_netns_nodes_equal_one_node_two_processes(nodes, recipe):
+@pytest.fixture(scope="module")
+def one_node(recipe):
+    """The reference: one node, 2 processes (torchrun), its losses."""
     root, path = recipe
     one = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "embedtrain", "train", str(path), "--set", f"run.output_dir={root / 'one'}"],
                          env=_env(), cwd=root, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-4000:]
+    return _losses(root / "one")
+
+
+def test_two_netns_nodes_equal_one_node_two_processes(nodes, recipe, one_node):
+    root, path = recipe
     procs = _start_nodes(root, path, root / "two", 29611)
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (so, se) in zip(procs, outs):
         assert p.returncode == 0, so[-2000:] + se[-4000:]
-    a, b = _losses(root / "one"), _losses(root / "two")
-    assert len(a) == 6 and max(abs(x - y) for x, y in zip(a, b)) <= 1e-6
+    b = _losses(root / "two")
+    assert len(one_node) == 6 and max(abs(x - y) for x, y in zip(one_node, b)) <= 1e-6
     assert (root / "two" / "final" / "adapter_model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def sshd(nodes, tmp_path_factory):
+    """An sshd in each namespace (root, key only) and a bin/ folder whose `ssh` uses this key: what
+    passwordless ssh between cluster nodes gives deepspeed's runner and pdsh."""
+    missing = [t for t in ("/usr/sbin/sshd", "ssh-keygen", "ssh", "pdsh") if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (apt-get install openssh-server pdsh; .ci/run installs them)")
+    d = tmp_path_factory.mktemp("ssh")
+    for key in ("id", "host"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+    shutil.copy(d / "id.pub", d / "authorized_keys")
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    daemons = []
+    for i in (0, 1):
+        (d / f"sshd{i}.conf").write_text(
+            f"ListenAddress {ADDR[i]}\nHostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\n"
+            f"PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+            f"UsePAM no\nStrictModes no\nPidFile {d}/sshd{i}.pid\n")
+        daemons.append(subprocess.Popen(["ip", "netns", "exec", NS[i], "/usr/sbin/sshd", "-D", "-e",
+                                         "-f", str(d / f"sshd{i}.conf")], stderr=open(d / f"sshd{i}.log", "w")))
+    (d / "ssh_config").write_text(f"Host *\n  IdentityFile {d}/id\n  IdentitiesOnly yes\n  BatchMode yes\n"
+                                  "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
+    (d / "bin").mkdir()
+    (d / "bin" / "ssh").write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {d}/ssh_config "$@"\n')
+    (d / "bin" / "ssh").chmod(0o755)
+    deadline = time.time() + 30
+    for addr in ADDR:
+        while subprocess.run(["ip", "netns", "exec", NS[0], str(d / "bin" / "ssh"), addr, "true"],
+                             capture_output=True).returncode != 0:
+            assert time.time() < deadline, f"sshd on {addr} did not come up: {(d / 'sshd0.log').read_text()}"
+            time.sleep(0.3)
+    yield d
+    for p in daemons:
+        p.terminate()
+        p.wait(timeout=30)
+
+
+def test_hostfile_over_ssh_equals_one_node(sshd, recipe, one_node):
+    """launch/hostfile.sh from node 0: deepspeed's runner ssh-es to the first host for the master address,
+    pdsh starts one rank per node over ssh. The launch environment must reach the remote shells
+    (GLOO_SOCKET_IFNAME: without it gloo cannot pick the link), and a user's own ./.deepspeed_env must
+    be kept and honoured (its EMBEDTRAIN_STATUS_FILE makes rank 0 write its end status)."""
+    root, path = recipe
+    work = root / "hostfile_cwd"
+    work.mkdir()
+    hosts = work / "hosts"
+    hosts.write_text("".join(f"{a} slots=1\n" for a in ADDR))
+    user_env = f"# the user's own file\nEMBEDTRAIN_STATUS_FILE={work / 'status'}\n"
+    (work / ".deepspeed_env").write_text(user_env)
+    env = _env(GLOO_SOCKET_IFNAME=LINK, MASTER_PORT="29631")
+    env["PATH"] = f"{sshd / 'bin'}:{env['PATH']}"
+    r = subprocess.run(["ip", "netns", "exec", NS[0], "bash", str(ROOT / "launch" / "hostfile.sh"), str(hosts),
+                        str(path), "--set", f"run.output_dir={root / 'ssh'}"],
+                       env=env, cwd=work, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
+    assert "Running on the following workers: 10.231.7.1,10.231.7.2" in r.stdout + r.stderr
+    b = _losses(root / "ssh")
+    assert len(b) == 6 and max(abs(x - y) for x, y in zip(one_node, b)) <= 1e-6
+    assert (work / ".deepspeed_env").read_text() == user_env
+    assert (work / "status").read_text().startswith("done after step 6"), (work / "status").read_text()
 
 
 def _worker_pid(tag: str, rank: int, deadline: float) -> int:
