@@ -16,13 +16,15 @@ META = "embedtrain.json"
 
 
 def find_final(path: str | Path) -> Path:
-    """The folder holding embedtrain.json: path itself, or a run directory's final/."""
+    """The folder holding embedtrain.json: path itself, a run directory's final/, or a checkpoint's
+    weights/ (checkpoints/stepNNNNNNNN)."""
     p = Path(path)
-    for candidate in (p, p / "final"):
+    for candidate in (p, p / "final", p / "weights"):
         if (candidate / META).is_file():
             return candidate
-    raise FileNotFoundError(f"{path}: no {META} here or in {p / 'final'} (expected an embedtrain run "
-                            "directory, its final/ folder, or an `embedtrain export` folder)")
+    raise FileNotFoundError(f"{path}: no {META} here or in final/ or weights/ below it (expected an embedtrain "
+                            "run directory, its final/ folder, a checkpoints/stepNNNNNNNN folder written with "
+                            "run.checkpoint_weights, or an `embedtrain export` folder)")
 
 
 class Embedder:

@@ -161,11 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(fn=_decode)
     p = sub.add_parser("export", help="write a folder sentence-transformers and transformers load")
-    p.add_argument("run_dir", help="a finished run directory (or its final/ folder)")
+    p.add_argument("run_dir", help="a finished run directory, its final/ folder, or a checkpoints/stepNNNNNNNN folder")
     p.add_argument("out_dir")
     p.set_defaults(fn=_export)
     p = sub.add_parser("eval", help="evaluate a run with mteb (offline suite or cached MTEB tasks)")
-    p.add_argument("run_dir", help="a finished run directory, its final/ folder, or an exported folder")
+    p.add_argument("run_dir", help="a run directory, its final/ folder, a checkpoints/stepNNNNNNNN folder, "
+                                   "or an exported folder")
     p.add_argument("--tasks", nargs="+", required=True, help="mteb task names or offline-suite task names")
     p.add_argument("--instructions", default=None,
                    help="JSON file task -> query instruction (default: the shipped MTEB English file)")

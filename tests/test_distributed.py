@@ -162,3 +162,42 @@ def test_resume_equals_uninterrupted(world2):
     assert set(a) == set(b) and a and all(torch.equal(a[k], b[k]) for k in a)
     latest = (out / "split" / "checkpoints" / "latest").read_text().strip()
     assert latest == "step00000010"
+
+
+def _zero_fp32(ckpt_root: Path, tag: str) -> dict:
+    """DeepSpeed's own reading of its checkpoint (unpickles our own test files; fine in a test)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag)
+
+
+@pytest.mark.parametrize("run, fname, ds_key", [
+    ("z3", "model.safetensors", lambda k: "lm." + k),  # full fine-tuning, ZeRO-3 shards on 2 ranks
+    ("split", "adapter_model.safetensors", lambda k: "lm." + k.replace(".weight", ".default.weight")),  # LoRA
+])
+def test_checkpoint_weights_equal_deepspeed_states(world2, run, fname, ds_key):
+    """Every checkpoint's weights/ (safetensors, what final/ holds) equals the weights DeepSpeed itself
+    reconstructs from that checkpoint's shards, mid-run too; the last one equals final/."""
+    out, _ = world2
+    ckpts = out / run / "checkpoints"
+    mid = load_file(str(ckpts / "step00000005" / "weights" / fname))
+    ds = _zero_fp32(ckpts, "step00000005")
+    assert mid and all(torch.equal(mid[k], ds[ds_key(k)].to(mid[k].dtype)) for k in mid)
+    last = load_file(str(ckpts / "step00000010" / "weights" / fname))
+    final = load_file(str(out / run / "final" / fname))
+    assert set(last) == set(final) and all(torch.equal(last[k], final[k]) for k in last)
+    assert any(not torch.equal(mid[k], last[k]) for k in mid)  # step 5 is not step 10
+
+
+def test_checkpoint_step_loads_and_serves_as_init_from(world2):
+    from embedtrain import load
+    from embedtrain.config.schema import ModelConfig
+    from embedtrain.model.embedder import resolve_weights
+
+    out, _ = world2
+    step5, step10 = out / "z3" / "checkpoints" / "step00000005", out / "z3" / "checkpoints" / "step00000010"
+    assert Path(resolve_weights(ModelConfig(path="unused", init_from=str(step5)))) == step5 / "weights"
+    texts = ["a small domesticated carnivore", "to move fast on foot"]
+    e5, e10, ef = (load(p, device="cpu").encode(texts) for p in (step5, step10, out / "z3"))
+    assert torch.equal(torch.as_tensor(e10), torch.as_tensor(ef))
+    assert not torch.allclose(torch.as_tensor(e5), torch.as_tensor(ef))

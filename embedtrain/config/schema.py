@@ -17,6 +17,7 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only the final checkpoint
     keep_checkpoints: int = 2  # older step checkpoints are deleted; 0 keeps all
+    checkpoint_weights: bool = True  # each checkpoint also gets weights/: final/'s files at that step
     progress_bar: bool = True
     stop_at_step: int = 0  # >0: checkpoint and exit after this step (time-sliced jobs); resume with --resume
     save_merged: bool = False  # with LoRA: also write base + adapter merged into final_merged/

@@ -4,6 +4,7 @@ Layout of run_dir/checkpoints/:
   step00000010/          DeepSpeed model + optimizer + scheduler states for every rank
     rng_rank{r}.safetensors   torch RNG state of each rank (no pickle)
     trainer_state.json        optimizer step and data position
+    weights/                  the weights at this step as final/ holds them (safetensors; optional)
   latest                 name of the newest COMPLETE tag, replaced atomically after every rank finished
 A crash mid-save leaves a tag directory that `latest` never names, so resume cannot pick it up.
 """
@@ -14,6 +15,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -38,11 +40,15 @@ def _rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_checkpoint(engine, ckpt_root: Path, step: int, trainer_state: dict, keep: int, device) -> Path:
+def save_checkpoint(engine, ckpt_root: Path, step: int, trainer_state: dict, keep: int, device,
+                    write_weights: Callable[[Path], object] | None = None) -> Path:
+    """write_weights(folder), called on every rank, adds the safetensors weights (engine/final.py)."""
     tag = f"step{step:08d}"
     engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={}, save_latest=False)
     tag_dir = ckpt_root / tag
     save_file(_rng_tensors(device), str(tag_dir / f"rng_rank{rank()}.safetensors"))
+    if write_weights is not None:
+        write_weights(tag_dir / "weights")
     dist.barrier()  # every rank's shards and RNG are on disk before `latest` may name this tag
     if rank() == 0:
         atomic_write_text(tag_dir / STATE_FILE, json.dumps(dict(trainer_state, step=step), indent=1))

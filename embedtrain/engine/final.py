@@ -3,6 +3,8 @@
 run_dir/final/ holds model.safetensors (or adapter_model.safetensors), config, tokenizer and
 embedtrain.json (family, pooling, attention, instruction format) so the run can be loaded for
 inference without its recipe. Folders are written beside the target and renamed into place.
+Each checkpoint gets the same files in checkpoints/stepN/weights/ (run.checkpoint_weights), so a
+mid-run step loads, evaluates and serves as model.init_from without unpickling DeepSpeed's states.
 """
 from __future__ import annotations
 
@@ -30,30 +32,36 @@ def embedding_meta(cfg: RecipeConfig, family: str) -> dict:
             "lora": dataclasses.asdict(cfg.model.lora)}
 
 
-def save_final(model, cfg: RecipeConfig, tokenizer, run_dir: Path, zero_stage: int, merged: bool,
-               options=None) -> Path:
-    out = run_dir / "final"
+def save_weights(model, cfg: RecipeConfig, tokenizer, out: Path, zero_stage: int, options=None) -> Path:
+    """The run's weights as they are now, as safetensors with tokenizer and embedtrain.json, into `out`
+    (written beside it and renamed into place). Every rank calls it: ZeRO-3 gathers the weights."""
     if hasattr(model, "compression"):  # frozen backbone: only the compression tokens and maps are saved
         from embedtrain.model.compression_io import save_compression_final
 
         state = full_state_dict(model.compression, zero_stage)
         if rank() == 0:
             save_compression_final(state, model.compression, cfg, model.family.name, tokenizer, out, options)
-        if dist.is_initialized():
-            dist.barrier()
-        return out
-    state = full_state_dict(model.lm, zero_stage)
-    if rank() == 0:
-        tmp = run_dir / f".final.tmp{os.getpid()}"
-        lm = model.lm
-        lm.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "embedtrain.json").write_text(json.dumps(embedding_meta(cfg, model.family.name), indent=1))
-        replace_dir(tmp, out)
-        if merged and cfg.model.lora.enabled:
-            save_merged(out, cfg, tokenizer, run_dir / "final_merged")
+    else:
+        state = full_state_dict(model.lm, zero_stage)
+        if rank() == 0:
+            tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+            model.lm.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(str(tmp))
+            (tmp / "embedtrain.json").write_text(json.dumps(embedding_meta(cfg, model.family.name), indent=1))
+            replace_dir(tmp, out)
     if dist.is_initialized():
         dist.barrier()
+    return out
+
+
+def save_final(model, cfg: RecipeConfig, tokenizer, run_dir: Path, zero_stage: int, merged: bool,
+               options=None) -> Path:
+    out = save_weights(model, cfg, tokenizer, run_dir / "final", zero_stage, options)
+    if merged and cfg.model.lora.enabled and not hasattr(model, "compression"):
+        if rank() == 0:
+            save_merged(out, cfg, tokenizer, run_dir / "final_merged")
+        if dist.is_initialized():
+            dist.barrier()
     return out
 
 

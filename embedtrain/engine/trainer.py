@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from embedtrain import distributed as D
 from embedtrain.config.schema import RecipeConfig
 from embedtrain.data.jsonl import build_index
 from embedtrain.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from embedtrain.engine.final import save_final
+from embedtrain.engine.final import save_final, save_weights
 from embedtrain.engine.metrics import MetricsLogger
 from embedtrain.engine.preemption import StopSignals, write_status
 from embedtrain.engine.session import build_session, train_step
@@ -66,6 +67,9 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                  s.order.batches_per_epoch, world, s.micro_global, s.micro_global // world, s.gas)
     zero_stage = engine.zero_optimization_stage()
     ckpt_root = run_dir / "checkpoints"
+    write_weights = None
+    if cfg.run.checkpoint_weights:  # final/'s files per checkpoint: evaluable and init_from-able mid-run
+        write_weights = partial(save_weights, engine.module, cfg, tokenizer, zero_stage=zero_stage, options=options)
     start = 0
     if resume:
         start = load_checkpoint(engine, ckpt_root, device)["step"]
@@ -89,8 +93,9 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
             preempted = signals.should_stop(device)
             stop = step + 1 == cfg.run.stop_at_step or preempted
             if done or stop or (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0):
+                # a preempted job's grace period goes to the resumable state only, not to a weights copy
                 save_checkpoint(engine, ckpt_root, step + 1, {"seed": cfg.run.seed},
-                                cfg.run.keep_checkpoints, device)
+                                cfg.run.keep_checkpoints, device, None if preempted else write_weights)
             if stop and not done:
                 metrics_log.close()
                 if preempted:

@@ -36,21 +36,14 @@ def save_compression_final(state: dict[str, torch.Tensor], head: CompressionHead
     replace_dir(tmp, out)
 
 
-def _final_dir(path: str | Path) -> Path:
-    p = Path(path)
-    if (p / "final" / "embedtrain.json").is_file():
-        p = p / "final"
-    if not (p / "embedtrain.json").is_file():
-        raise FileNotFoundError(f"{path}: no embedtrain.json (expected a training run directory or its final/)")
-    return p
-
-
 def load_compression_run(path: str | Path, device: torch.device | None = None, dtype: str | None = None):
     """(EmbeddingModel with .compression, tokenizer, meta) of a finished compression run, in eval mode."""
     from embedtrain.config.schema import ModelConfig
     from embedtrain.model.embedder import build_model, load_tokenizer
 
-    final = _final_dir(path)
+    from embedtrain.api import find_final
+
+    final = find_final(path)
     meta = json.loads((final / "embedtrain.json").read_text())
     if meta.get("kind") != "compression":
         raise ValueError(f"{final} is not a compression run (decode needs compression tokens)")

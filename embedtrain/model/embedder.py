@@ -97,18 +97,21 @@ def load_tokenizer(path: str):
 
 
 def resolve_weights(cfg: ModelConfig) -> str:
-    """model.init_from may name a weights folder or an earlier run (its final/ folder is used)."""
+    """model.init_from may name a weights folder, an earlier run (its final/ folder is used) or one of its
+    checkpoints (checkpoints/stepNNNNNNNN: its weights/ folder)."""
     if not cfg.init_from:
         return cfg.path
     path = Path(cfg.init_from)
-    if (path / "final" / "config.json").is_file():
-        path = path / "final"
+    for sub in ("final", "weights"):
+        if (path / sub / "config.json").is_file():
+            path = path / sub
+            break
     if (path / "adapter_config.json").is_file():
         raise ValueError(f"model.init_from={cfg.init_from}: {path} holds a LoRA adapter, not full weights; "
                          "start from its run's final_merged/ (run.save_merged: true) instead")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.init_from={cfg.init_from}: no config.json in {path} "
-                                "(expected a weights folder or a run directory with final/)")
+        raise FileNotFoundError(f"model.init_from={cfg.init_from}: no config.json in {path} (expected a weights "
+                                "folder, a run directory with final/, or a checkpoint step folder with weights/)")
     return str(path)
 
 
