@@ -197,6 +197,9 @@ def test_checkpoint_step_loads_and_serves_as_init_from(world2):
     out, _ = world2
     step5, step10 = out / "z3" / "checkpoints" / "step00000005", out / "z3" / "checkpoints" / "step00000010"
     assert Path(resolve_weights(ModelConfig(path="unused", init_from=str(step5)))) == step5 / "weights"
+    lora_step = out / "split" / "checkpoints" / "step00000005"
+    with pytest.raises(ValueError, match="holds a LoRA adapter, not full weights"):
+        resolve_weights(ModelConfig(path="unused", init_from=str(lora_step)))
     texts = ["a small domesticated carnivore", "to move fast on foot"]
     e5, e10, ef = (load(p, device="cpu").encode(texts) for p in (step5, step10, out / "z3"))
     assert torch.equal(torch.as_tensor(e10), torch.as_tensor(ef))

@@ -103,12 +103,13 @@ def resolve_weights(cfg: ModelConfig) -> str:
         return cfg.path
     path = Path(cfg.init_from)
     for sub in ("final", "weights"):
-        if (path / sub / "config.json").is_file():
+        if (path / sub / "embedtrain.json").is_file() or (path / sub / "config.json").is_file():
             path = path / sub
             break
     if (path / "adapter_config.json").is_file():
         raise ValueError(f"model.init_from={cfg.init_from}: {path} holds a LoRA adapter, not full weights; "
-                         "start from its run's final_merged/ (run.save_merged: true) instead")
+                         "start from a LoRA run's final_merged/ (run.save_merged: true), or from a full "
+                         "fine-tuning run or checkpoint")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model.init_from={cfg.init_from}: no config.json in {path} (expected a weights "
                                 "folder, a run directory with final/, or a checkpoint step folder with weights/)")
