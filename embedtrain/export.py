@@ -35,18 +35,15 @@ def _post_processor(tokenizer, head_ids: list[int], tail_ids: list[int]):
                                                                                special_tokens=specials)
 
 
+def _dtype(meta: dict) -> torch.dtype:
+    return torch.float32 if meta.get("dtype", "float32") == "float32" else torch.bfloat16
+
+
 def _load_lm(final: Path, meta: dict):
-    from transformers import AutoModelForCausalLM
+    """Full weights, or a LoRA run's adapter merged onto its base."""
+    from embedtrain.model.embedder import load_causal_lm
 
-    lora = meta.get("lora", {}).get("enabled") and (final / "adapter_config.json").is_file()
-    dtype = torch.float32 if meta.get("dtype", "float32") == "float32" else torch.bfloat16
-    if not lora:
-        return AutoModelForCausalLM.from_pretrained(str(final), dtype=dtype, use_safetensors=True)
-    from peft import PeftModel
-
-    base = AutoModelForCausalLM.from_pretrained(meta.get("base_weights") or meta["base_model"], dtype=dtype,
-                                                use_safetensors=True)
-    return PeftModel.from_pretrained(base, str(final)).merge_and_unload()
+    return load_causal_lm(final, _dtype(meta))
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -103,7 +100,6 @@ def _save(st, meta: dict, out: Path, tmp: Path, hf_dir: Path) -> Path:
 def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[int], out: Path, tmp: Path) -> Path:
     from safetensors.torch import load_file
     from sentence_transformers import SentenceTransformer, models
-    from transformers import AutoModelForCausalLM
 
     from embedtrain.model.compression_io import WEIGHTS
     from embedtrain.st_modules import LastTokensMean
@@ -113,8 +109,8 @@ def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[in
     names = [f"<|embedtrain_thought_{i}|>" for i in range(m)] + [f"<|embedtrain_compress_{i}|>" for i in range(n)]
     tokenizer.add_special_tokens({"additional_special_tokens": names}, replace_extra_special_tokens=False)
     ids = tokenizer.convert_tokens_to_ids(names)
-    dtype = torch.float32 if meta.get("dtype", "float32") == "float32" else torch.bfloat16
-    lm = AutoModelForCausalLM.from_pretrained(meta["base_model"], dtype=dtype, use_safetensors=True)
+    dtype = _dtype(meta)
+    lm = _load_lm(Path(meta["base_model"]), meta)
     lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         lm.get_input_embeddings().weight[torch.tensor(ids)] = state["special.weight"].to(dtype)

@@ -197,10 +197,33 @@ def test_checkpoint_step_loads_and_serves_as_init_from(world2):
     out, _ = world2
     step5, step10 = out / "z3" / "checkpoints" / "step00000005", out / "z3" / "checkpoints" / "step00000010"
     assert Path(resolve_weights(ModelConfig(path="unused", init_from=str(step5)))) == step5 / "weights"
-    lora_step = out / "split" / "checkpoints" / "step00000005"
-    with pytest.raises(ValueError, match="holds a LoRA adapter, not full weights"):
-        resolve_weights(ModelConfig(path="unused", init_from=str(lora_step)))
     texts = ["a small domesticated carnivore", "to move fast on foot"]
     e5, e10, ef = (load(p, device="cpu").encode(texts) for p in (step5, step10, out / "z3"))
     assert torch.equal(torch.as_tensor(e10), torch.as_tensor(ef))
     assert not torch.allclose(torch.as_tensor(e5), torch.as_tensor(ef))
+
+
+def test_init_from_lora_checkpoint_merges_its_adapter(world2):
+    """A LoRA run's step folder as model.init_from: its base weights with W + (alpha / r) B A at every
+    adapted matrix, written out here from the adapter's own tensors."""
+    from embedtrain.config.schema import ModelConfig
+    from embedtrain.model.embedder import build_model
+
+    out, _ = world2
+    weights = out / "split" / "checkpoints" / "step00000005" / "weights"
+    adapter = load_file(str(weights / "adapter_model.safetensors"))
+    lora = json.loads((weights / "adapter_config.json").read_text())
+    base = load_file(str(out.parent / "model" / "model.safetensors"))
+    expect = dict(base)
+    for key in adapter:
+        if ".lora_A." in key:
+            module = key.split(".lora_A.")[0].removeprefix("base_model.model.")
+            a, b = adapter[key], adapter[key.replace(".lora_A.", ".lora_B.")]
+            expect[module + ".weight"] = base[module + ".weight"] + (lora["lora_alpha"] / lora["r"]) * b @ a
+    model = build_model(ModelConfig(path=str(out.parent / "model"), family="chatml", init_from=str(weights.parent)),
+                        load_tokenizer(str(out.parent / "model")), torch.device("cpu"))
+    got = model.lm.state_dict()
+    changed = [k for k in expect if not torch.equal(expect[k], base[k])]
+    assert len(changed) == sum(".lora_A." in k for k in adapter) > 0
+    for k, v in expect.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=1e-6, msg=k)

@@ -25,7 +25,8 @@ def _train(recipe, tmp_path):
     return proc
 
 
-def test_stage1_then_stage2_chain(tmp_path):
+def _common(tmp_path) -> Path:
+    """A tiny llama3 model, data, a held-out set and common.yaml; the model folder."""
     model = make_tiny_model("llama3", tmp_path / "base")
     data = tmp_path / "train.jsonl"
     data.write_text("".join(open(DATA / "train.jsonl").readlines()[:120]))
@@ -37,6 +38,11 @@ model: {{path: {model}, family: llama3}}
 data: {{train: [{data}], max_length: 64, max_tokens_per_batch: 1024, default_instruction: Retrieve the word}}
 eval: {{retrieval: {held}}}
 """)
+    return model
+
+
+def test_stage1_then_stage2_chain(tmp_path):
+    model = _common(tmp_path)
     (tmp_path / "stage1.yaml").write_text("""
 base: common.yaml
 run: {output_dir: stage1}
@@ -70,3 +76,36 @@ train: {objective: infonce, batch_size: 8, steps: 2, lr: 1.0e-2}
         via_original = on_original.get_decoder()(input_ids=ids).last_hidden_state
     assert (merged - via_stage1).abs().max() <= 1e-5  # stage II = stage I weights + the LoRA delta
     assert (merged - via_original).abs().max() > 1e-3
+
+
+def test_lora_stage1_checkpoint_then_stage2(tmp_path):
+    """Stage I with LoRA, stage II from one of its checkpoint folders: init_from merges the stage I adapter
+    onto its base, so stage II starts from the function stage I computed at that step; loading stage II
+    follows the chain (stage II adapter -> stage I adapter -> base)."""
+    from embedtrain import load
+
+    _common(tmp_path)
+    (tmp_path / "stage1.yaml").write_text("""
+base: common.yaml
+run: {output_dir: stage1, checkpoint_every: 2}
+model: {lora: {enabled: true, r: 4, alpha: 8, dropout: 0.0}}
+train: {objective: reconstruction, batch_size: 8, steps: 2, lr: 1.0e-2}
+""")
+    (tmp_path / "stage2.yaml").write_text("""
+base: common.yaml
+run: {output_dir: stage2, save_merged: true}
+model: {init_from: stage1/checkpoints/step00000002, lora: {enabled: true, r: 4, alpha: 8, dropout: 0.0}}
+train: {objective: infonce, batch_size: 8, steps: 2, lr: 1.0e-2}
+""")
+    _train(tmp_path / "stage1.yaml", tmp_path)
+    _train(tmp_path / "stage2.yaml", tmp_path)
+    s1, s2 = tmp_path / "stage1", tmp_path / "stage2"
+    assert (s1 / "checkpoints" / "step00000002" / "weights" / "adapter_model.safetensors").is_file()
+    e1 = json.loads((s1 / "eval.json").read_text())["after"]
+    e2 = json.loads((s2 / "eval.json").read_text())["before"]
+    assert e1 != json.loads((s1 / "eval.json").read_text())["before"]  # stage I's adapter changed the scores
+    assert e1 == e2
+    texts = ["a domesticated carnivorous mammal", "move fast by using one's feet"]
+    chained = torch.as_tensor(load(s2, device="cpu").encode(texts))
+    merged = torch.as_tensor(load(s2 / "final_merged", device="cpu").encode(texts))
+    assert (chained - merged).abs().max() <= 1e-5

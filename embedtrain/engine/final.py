@@ -67,16 +67,9 @@ def save_final(model, cfg: RecipeConfig, tokenizer, run_dir: Path, zero_stage: i
 
 def save_merged(adapter_dir: Path, cfg: RecipeConfig, tokenizer, target: Path) -> Path:
     """Base weights + adapter merged into one plain checkpoint (loads without peft)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from embedtrain.model.embedder import DTYPES, load_causal_lm
 
-    from embedtrain.model.embedder import DTYPES
-
-    from embedtrain.model.embedder import resolve_weights
-
-    base = AutoModelForCausalLM.from_pretrained(resolve_weights(cfg.model),
-                                                dtype=DTYPES[cfg.model.dtype], use_safetensors=True)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged = load_causal_lm(adapter_dir, DTYPES[cfg.model.dtype])  # its embedtrain.json names the base
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     merged.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))

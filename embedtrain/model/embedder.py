@@ -98,7 +98,8 @@ def load_tokenizer(path: str):
 
 def resolve_weights(cfg: ModelConfig) -> str:
     """model.init_from may name a weights folder, an earlier run (its final/ folder is used) or one of its
-    checkpoints (checkpoints/stepNNNNNNNN: its weights/ folder)."""
+    checkpoints (checkpoints/stepNNNNNNNN: its weights/ folder). A LoRA run's folder holds an adapter;
+    load_causal_lm merges it onto the base weights it names."""
     if not cfg.init_from:
         return cfg.path
     path = Path(cfg.init_from)
@@ -106,14 +107,35 @@ def resolve_weights(cfg: ModelConfig) -> str:
         if (path / sub / "embedtrain.json").is_file() or (path / sub / "config.json").is_file():
             path = path / sub
             break
-    if (path / "adapter_config.json").is_file():
-        raise ValueError(f"model.init_from={cfg.init_from}: {path} holds a LoRA adapter, not full weights; "
-                         "start from a LoRA run's final_merged/ (run.save_merged: true), or from a full "
-                         "fine-tuning run or checkpoint")
-    if not (path / "config.json").is_file():
+    if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
         raise FileNotFoundError(f"model.init_from={cfg.init_from}: no config.json in {path} (expected a weights "
                                 "folder, a run directory with final/, or a checkpoint step folder with weights/)")
     return str(path)
+
+
+def load_causal_lm(folder: str | Path, dtype: torch.dtype, _depth: int = 0, **kwargs):
+    """The causal LM in a weights folder, or, for a LoRA run's adapter folder (final/ or a checkpoint's
+    weights/), its base weights (as its embedtrain.json names them, themselves possibly an adapter)
+    with the adapter merged in: the function that run computed, as plain weights."""
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model weights folder not found: {folder}")
+    if not (folder / "adapter_config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, use_safetensors=True, **kwargs)
+    meta_file = folder / "embedtrain.json"
+    if not meta_file.is_file() or _depth > 8:
+        raise ValueError(f"{folder} holds a LoRA adapter without embedtrain.json naming its base weights (or a "
+                         "chain of adapters over 8 deep); start from full weights, e.g. the run's final_merged/")
+    import json
+
+    from peft import PeftModel
+
+    meta = json.loads(meta_file.read_text())
+    base = load_causal_lm(meta.get("base_weights") or meta["base_model"], dtype, _depth + 1, **kwargs)
+    log.info("merging the LoRA adapter %s onto %s", folder, meta.get("base_weights") or meta["base_model"])
+    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
 
 
 def build_model(cfg: ModelConfig, tokenizer, device: torch.device, hf_attention: str | None = None) -> EmbeddingModel:
@@ -121,17 +143,11 @@ def build_model(cfg: ModelConfig, tokenizer, device: torch.device, hf_attention:
 
     hf_attention: load with this stock transformers attention instead of the packed one (the padded
     baselines of bench/train_speed.py: same weights, same LoRA init, padded batches)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     weights = resolve_weights(cfg)
-    if not Path(weights).is_dir():
-        raise FileNotFoundError(f"model weights folder not found: {weights}")
-    hf_config = AutoConfig.from_pretrained(weights)
-    family = resolve_family(cfg.family, hf_config.model_type, tokenizer.get_vocab())
     dtype = DTYPES[cfg.dtype]
     backend = pick_backend(cfg.attn_backend, device, dtype) if hf_attention is None else hf_attention
-    lm = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, attn_implementation=hf_attention or IMPL_NAME,
-                                              use_safetensors=True)
+    lm = load_causal_lm(weights, dtype, attn_implementation=hf_attention or IMPL_NAME)
+    family = resolve_family(cfg.family, lm.config.model_type, tokenizer.get_vocab())
     lm.config.use_cache = False
     if cfg.gradient_checkpointing:
         # transformers 5.x renamed it (the old name warns); non-reentrant works with LoRA and ZeRO-3.
