@@ -26,12 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # METHODS.md section 3: LLM2Vec-Gen instructions are generation requests
-GEN_QUERY = {"Retrieval": "Generate a passage that best answers this question: ",
-             "Reranking": "Generate a passage that best answers this question: "}
-GEN_SYMMETRIC = "Generate text that is semantically similar to this text: "
-GEN_DOCUMENT = "Summarize the following passage: "
-
-
 def tfidf_encoder(suite_dir: str, make_encoder):
     """TF-IDF fitted once on every string in the suite's data files (queries, documents, sentences)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -72,10 +66,6 @@ def teacher_encoder(make_encoder):
     return make_encoder(encode, "all-MiniLM-L6-v2", 384, {})
 
 
-def compression_instructions(tasks) -> dict[str, str]:
-    return {t.metadata.name: GEN_QUERY.get(t.metadata.type, GEN_SYMMETRIC) for t in tasks}
-
-
 def main(argv=None) -> int:
     import embedtrain
     from embedtrain.api import from_base
@@ -99,7 +89,8 @@ def main(argv=None) -> int:
         "base_eos": lambda: embedder_encoder(from_base(args.base, pooling="last", max_length=256), "base_eos", dict(instructions)),
         "infonce": lambda: embedder_encoder(embedtrain.load(args.infonce), "infonce", dict(instructions)),
         "anchor_s1_s2": lambda: embedder_encoder(embedtrain.load(args.anchor), "anchor", dict(instructions)),
-        "compression": lambda: _compression(embedtrain.load(args.compression), tasks, make_encoder),
+        # generation-request instructions (embedder_encoder's policy for compression runs)
+        "compression": lambda: embedder_encoder(embedtrain.load(args.compression), "compression", {}),
         "teacher_minilm": lambda: teacher_encoder(make_encoder),
         "tfidf": lambda: tfidf_encoder(args.suite, make_encoder),
     }
@@ -115,15 +106,6 @@ def main(argv=None) -> int:
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
     write_table(out, tasks, scores, seconds, args)
     return 0
-
-
-def _compression(embedder, tasks, make_encoder):
-    """Generation-request instructions on queries / symmetric texts, the summary request on documents
-    (make_encoder passes instruction None for documents)."""
-    def encode_fn(texts, instruction):
-        return embedder.encode(texts, instruction=instruction or GEN_DOCUMENT, batch_size=64, show_progress=False)
-
-    return make_encoder(encode_fn, "compression", embedder.dim, compression_instructions(tasks))
 
 
 def write_table(out: Path, tasks, scores: dict, seconds: dict, args) -> None:

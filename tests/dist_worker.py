@@ -41,7 +41,11 @@ TRAJ = {  # name -> overrides; 10 optimizer steps through the real trainer
                     "train.micro_batch_per_rank=2", "deepspeed.zero_stage=2"],
     "recon_z3": ["train.objective=reconstruction", "objective.reconstruction.logits_chunk=16",
                  "deepspeed.zero_stage=3"],
+    # 8 examples in one micro-step of 4 per rank (recon_micro: two of 2): the loss is one token mean either way
+    "recon_whole": ["train.objective=reconstruction", "objective.reconstruction.logits_chunk=16",
+                    "train.micro_batch_per_rank=4"],
     "comp_z0": ["deepspeed.zero_stage=0"],  # with the compression recipe of test_compression.py
+    "comp_micro": ["deepspeed.zero_stage=0", "train.micro_batch_per_rank=1"],  # 4 accumulated micro-steps
     "comp_z3": ["deepspeed.zero_stage=3"],
 }
 RESUME = ["deepspeed.zero_stage=3", "model.lora.enabled=true", "model.lora.dropout=0.1", "train.lr=1e-2"]

@@ -136,7 +136,7 @@ def test_rejects_data_without_targets(setup, tmp_path):
 @pytest.fixture(scope="module")
 def world2(setup):
     root, recipe = setup
-    return run_dist_worker(root / "out", recipe, "comp_z0,comp_z3,comp_frozen")
+    return run_dist_worker(root / "out", recipe, "comp_z0,comp_z3,comp_micro,comp_frozen")
 
 
 def test_backbone_bitwise_frozen_under_zero3(setup, world2):
@@ -157,7 +157,8 @@ def test_backbone_bitwise_frozen_under_zero3(setup, world2):
 
 
 def test_compression_world2_and_zero3_equal_plain_process(setup, world2):
-    """The global token / query means are exact across ranks, and ZeRO-3 follows ZeRO-0."""
+    """The global token / query means are exact across ranks and accumulated micro-steps, and ZeRO-3 follows
+    ZeRO-0."""
     root, recipe = setup
     r = world2[1]
     assert len(r["comp_z0"]) == 6 and len({round(x, 4) for x in r["comp_z0"]}) > 3
@@ -168,6 +169,8 @@ def test_compression_world2_and_zero3_equal_plain_process(setup, world2):
     assert proc.returncode == 0, proc.stderr[-4000:]
     plain = [json.loads(line)["loss"] for line in open(run / "metrics.jsonl")]
     assert max(abs(a - b) for a, b in zip(plain, r["comp_z0"])) <= 1e-5
+    # 4 accumulated micro-steps of 1 example per rank: still the step's token and query means
+    assert max(abs(a - b) for a, b in zip(plain, r["comp_micro"])) <= 1e-5
     evals = json.loads((run / "eval.json").read_text())
     assert evals["before"] != evals["after"]  # held-out retrieval ran on compression embeddings
 
@@ -199,6 +202,30 @@ def test_decode_trained_run(setup, world2):
             ids.append(nxt)
             x = torch.cat([x, lm.get_input_embeddings()(torch.tensor([nxt]))])
     assert text == tok.decode(ids, skip_special_tokens=True).strip()
+
+
+def test_eval_phrases_inputs_as_generation_requests(world2):
+    """`embedtrain eval` on a compression run: documents get the run's eval.document_instruction, other
+    texts METHODS.md section 3's requests (the mteb task instructions are not used)."""
+    from types import SimpleNamespace
+
+    from mteb.types import PromptType
+
+    from embedtrain import load
+    from embedtrain.evaluation.mteb_run import GENERATION_REQUESTS, embedder_encoder
+
+    embedder = load(world2[0] / "comp_z0", device="cpu")
+    assert embedder.meta["document_instruction"] == "Summarize the passage: "
+    seen = []
+    plain_encode = embedder.encode
+    embedder.encode = lambda texts, instruction=None, **kw: seen.append(instruction) or plain_encode(texts, instruction, **kw)
+    encoder = embedder_encoder(embedder, "comp", {"T": "Retrieve semantically similar text"})
+    for task_type, prompt_type in (("Retrieval", PromptType.query), ("Retrieval", PromptType.document), ("STS", None)):
+        meta = SimpleNamespace(name="T", type=task_type)
+        vectors = encoder.encode([{"text": ["a small domestic animal"]}], task_metadata=meta, hf_split="test",
+                                 hf_subset="default", prompt_type=prompt_type)
+        assert vectors.shape == (1, embedder.dim)
+    assert seen == [GENERATION_REQUESTS["query"], "Summarize the passage: ", GENERATION_REQUESTS["symmetric"]]
 
 
 def test_online_teacher_gives_the_cached_targets(setup):

@@ -97,6 +97,39 @@ def test_mini_suite_loads_and_scores_every_task_type(tmp_path, monkeypatch):
     assert encoder.n_encoded - n_before == 4
 
 
+@pytest.mark.parametrize("kind", ["default", "compression"])
+def test_instruction_policy_per_task_type(tmp_path, monkeypatch, kind):
+    """Which instruction each mteb call hands the model: the task's own for queries and symmetric texts and
+    none for documents; for a compression run, METHODS.md section 3's generation requests instead
+    (passage for retrieval/reranking queries, summary for documents, the STS request elsewhere)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    mteb = pytest.importorskip("mteb")
+    from embedtrain.evaluation.mteb_run import GENERATION_REQUESTS, generation_request, make_encoder
+    from embedtrain.evaluation.suite_tasks import suite_tasks
+
+    _write_mini_suite(tmp_path)
+    seen = []
+
+    def encode_fn(texts, instruction):
+        seen.append(instruction)
+        return np.array([[t.count(c) for c in LETTERS] + [1e-3] for t in texts], dtype=np.float32)
+
+    instructions = json.loads((tmp_path / "suite.json").read_text())["instructions"]
+    policy = generation_request if kind == "compression" else None
+    encoder = make_encoder(encode_fn, "probe", 27, dict(instructions), policy=policy)
+    passage, summary, similar = (GENERATION_REQUESTS[k] for k in ("query", "document", "symmetric"))
+    for task in suite_tasks(str(tmp_path)):
+        seen.clear()
+        result = mteb.evaluate(encoder, task, cache=None, show_progress_bar=False)
+        assert not result.exceptions
+        own = instructions[task.metadata.name]
+        if kind == "default":
+            expect = {own, None} if task.metadata.type in ("Retrieval", "Reranking") else {own}
+        else:
+            expect = {passage, summary} if task.metadata.type in ("Retrieval", "Reranking") else {similar}
+        assert set(seen) == expect, (task.metadata.name, seen)
+
+
 def test_writer_rejects_broken_tasks(tmp_path):
     ok = {"examples": [{"text": "a", "label": "x", "key": "k1"}, {"text": "b", "label": "y", "key": "k2"}]}
     leak = {"examples": [{"text": "c", "label": "x", "key": "k1"}, {"text": "d", "label": "y", "key": "k3"}]}

@@ -134,9 +134,13 @@ def train_step(s: Session, step: int) -> dict:
     sums = {"real_tokens": 0.0, "computed_tokens": 0.0, "truncated": 0.0, "flops": 0.0}
     acc: dict[str, float] = {}
     engine = s.engine
-    for m in range(s.gas):
-        micro_ids = s.order.global_batch_ids(step)[m * s.micro_global:(m + 1) * s.micro_global]
-        batch = s.builder.build(rank_slice(micro_ids, s.rank, s.world))
+    ids = s.order.global_batch_ids(step)
+    batches = [s.builder.build(rank_slice(ids[m * s.micro_global:(m + 1) * s.micro_global], s.rank, s.world))
+               for m in range(s.gas)]
+    # Token-mean objectives divide by the whole step's counts, so accumulation and world size leave the loss as is.
+    totals = s.objective.step_totals(batches)
+    s.objective.step_norm = dict(D.all_reduce_sum(totals, s.device), micro_batches=s.gas) if totals else None
+    for batch in batches:
         sums["real_tokens"] += batch.real_tokens
         sums["computed_tokens"] += batch.computed_tokens
         sums["truncated"] += batch.truncated
@@ -148,6 +152,7 @@ def train_step(s: Session, step: int) -> dict:
         for k, v in out.items():
             acc[k] = acc.get(k, 0.0) + v / s.gas
     engine.step()
+    s.objective.step_norm = None  # a loss computed outside a step normalises by its own batch
     totals = D.all_reduce_sum(sums, s.device)
     metrics = D.all_reduce_mean(acc, s.device)
     dt = time.perf_counter() - t0

@@ -2,7 +2,8 @@
 
 The model is wrapped in mteb's encoder interface. Queries (and both sides of symmetric tasks: STS,
 classification, clustering) get the task's instruction from a JSON file (task name -> instruction;
-embedtrain ships one for MTEB English); retrieval documents get none. Tasks are mteb's own names or
+embedtrain ships one for MTEB English); retrieval documents get none. A compression (LLM2Vec-Gen) run
+instead phrases every input as a request for the answer it embeds (GENERATION_REQUESTS). Tasks are mteb's own names or
 the offline suite's (embedtrain.evaluation.suite_tasks, built by `embedtrain build-eval-suite`).
 Results are mteb's JSON under OUTPUT/results plus OUTPUT/summary.md, one table.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -23,15 +25,33 @@ class EvalError(RuntimeError):
     pass
 
 
+# METHODS.md section 3: a compression model embeds the answer the LLM would give, so its inputs are requests
+# for that answer. Retrieval / reranking queries ask for a passage, their documents for a summary (a run's
+# eval.document_instruction replaces it); every other task type is symmetric and takes the STS request.
+GENERATION_REQUESTS = {"query": "Generate a passage that best answers this question: ",
+                       "document": "Summarize the following passage: ",
+                       "symmetric": "Generate text that is semantically similar to this text: "}
+ASYMMETRIC_TYPES = ("Retrieval", "Reranking")
+
+
+def generation_request(task_metadata, prompt_type, document: str | None = None) -> str:
+    from mteb.types import PromptType
+
+    if prompt_type == PromptType.document:
+        return document or GENERATION_REQUESTS["document"]
+    return GENERATION_REQUESTS["query" if task_metadata.type in ASYMMETRIC_TYPES else "symmetric"]
+
+
 def default_instructions() -> dict[str, str]:
     text = resources.files("embedtrain.evaluation").joinpath("mteb_english_instructions.json").read_text()
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 
 def make_encoder(encode_fn, name: str, dim: int, instructions: dict[str, str | None], n_params: int | None = None,
-                 max_tokens: int | None = None):
+                 max_tokens: int | None = None, policy=None):
     """An mteb encoder around encode_fn(texts, instruction) -> (N, D) array/tensor: embedtrain models,
-    and the baselines of the quality table (teacher, TF-IDF) through the same instruction policy."""
+    and the baselines of the quality table (teacher, TF-IDF) through the same instruction policy.
+    policy(task_metadata, prompt_type) -> instruction replaces the per-task lookup (compression runs)."""
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ModelMeta
     from mteb.types import PromptType
@@ -49,7 +69,9 @@ def make_encoder(encode_fn, name: str, dim: int, instructions: dict[str, str | N
         def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
             texts = [t for batch in inputs for t in batch["text"]]
             instruction = None
-            if prompt_type != PromptType.document:
+            if policy is not None:
+                instruction = policy(task_metadata, prompt_type)
+            elif prompt_type != PromptType.document:
                 if task_metadata.name not in self.instructions:
                     log.warning("no instruction for %s in the instructions file: encoding without", task_metadata.name)
                     self.instructions[task_metadata.name] = None
@@ -66,8 +88,11 @@ def embedder_encoder(embedder, name: str, instructions: dict[str, str | None], b
         return embedder.encode(texts, instruction=instruction, batch_size=batch_size, normalize=True,
                                show_progress=False)
 
+    policy = None
+    if embedder.meta.get("kind") == "compression":
+        policy = partial(generation_request, document=embedder.meta.get("document_instruction"))
     return make_encoder(encode_fn, name, embedder.dim, instructions,
-                        sum(p.numel() for p in embedder.model.parameters()), embedder.meta.get("max_length"))
+                        sum(p.numel() for p in embedder.model.parameters()), embedder.meta.get("max_length"), policy)
 
 
 def load_instructions(instructions_file: str | None = None, suite_dir: str | None = None) -> dict[str, str]:

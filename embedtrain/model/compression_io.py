@@ -31,6 +31,7 @@ def save_compression_final(state: dict[str, torch.Tensor], head: CompressionHead
             "teacher_dim": head.align.out_features, "instruction_format": cfg.data.instruction_format,
             "max_length": cfg.data.max_length, "response_max_length": options.response_max_length,
             "instructions": dict(cfg.data.instructions), "default_instruction": cfg.data.default_instruction,
+            "document_instruction": cfg.eval.document_instruction,
             "pooling": "mean of the projected compression states", "normalize": False}
     (tmp / "embedtrain.json").write_text(json.dumps(meta, indent=1))
     replace_dir(tmp, out)

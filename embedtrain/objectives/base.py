@@ -30,6 +30,26 @@ class Objective:
         """Before DeepSpeed wraps the model: objectives that add trainable modules or freeze weights do it
         here (the model is the bare EmbeddingModel)."""
 
+    # Set by the engine before a step's micro-batches run, for objectives whose step_totals are not empty:
+    # those totals summed over the step's micro-batches and every rank, plus "micro_batches". A token mean
+    # divided by them is one mean over the whole optimizer batch, whatever the accumulation and world size.
+    step_norm: dict[str, float] | None = None
+
+    def step_totals(self, batches: list[MicroBatch]) -> dict[str, float]:
+        """This rank's counts, over all micro-batches of one step, that the loss averages over ({}: the
+        loss needs none, e.g. a mean over equally many queries in every micro-batch)."""
+        return {}
+
+    def normalizer(self, micro_counts: dict[str, float]) -> tuple[dict[str, float], float]:
+        """(denominators, factor) for this micro-batch's sums: the step's totals and the number of
+        micro-batches (DeepSpeed divides each micro-step's loss by it), or without step_norm this
+        micro-batch's global counts (all_reduce_sum of micro_counts) and 1."""
+        from embedtrain import distributed as D
+
+        if self.step_norm is None:
+            return D.all_reduce_sum(micro_counts, self.device), 1.0
+        return {k: self.step_norm[k] for k in micro_counts}, float(self.step_norm["micro_batches"])
+
     # Objectives that format and pack their own batches set this to a method (examples -> MicroBatch);
     # None: the data builder's standard (query, positive, negatives) packing.
     make_batch = None

@@ -8,6 +8,7 @@ backbone; only the K special rows and the two maps train.
   L = w_recon * L_recon + w_align * L_align
   L_recon: token-mean cross-entropy over the GLOBAL batch's response tokens (+EOS)
   L_align: MSE between e and the teacher embedding of the response, mean over the global batch and D
+("global batch": every rank and every accumulated micro-batch of the optimizer step; Objective.step_norm)
 Each rank's part is scaled by world / global count because DeepSpeed averages gradients over ranks.
 """
 from __future__ import annotations
@@ -132,6 +133,10 @@ class Compression(Objective):
                                 sum(q.truncated for q in queries), self.max_tokens, t.pad_id, self.multiple,
                                 decode, decode_labels, targets.float())
 
+    def step_totals(self, batches: list[CompressionBatch]) -> dict[str, float]:
+        return {"tokens": float(sum(int((y != -100).sum()) for b in batches for y in b.decode_labels)),
+                "queries": float(sum(b.num_queries for b in batches))}
+
     def loss(self, model, batch: CompressionBatch):
         module = model.module if hasattr(model, "module") else model
         head: CompressionHead = module.compression
@@ -153,14 +158,17 @@ class Compression(Objective):
                               return_hidden=True)
             mask_T = y_T != -100
             recon_sum = recon_sum + chunked_ce_sum(hidden_TH[mask_T], y_T[mask_T], lm_head, o.logits_chunk, k)
-        glob = D.all_reduce_sum({"tokens": float(sum(counts)), "queries": float(batch.num_queries)}, dev)
-        world = D.world_size()  # DeepSpeed averages gradients over ranks: scale each rank's share by world
+        # the whole step's response tokens and queries (or this global micro-batch's), x micro-batches per step
+        glob, micro_steps = self.normalizer({"tokens": float(sum(counts)), "queries": float(batch.num_queries)})
+        world = D.world_size() * micro_steps  # DeepSpeed averages over ranks and micro-steps: undo both
         loss = (o.w_recon * recon_sum * world / glob["tokens"]) + (o.w_align * align_sum * world / glob["queries"])
         cos = torch.nn.functional.cosine_similarity(e_QD.detach(), batch.targets_QD.to(dev), dim=-1).sum()
         parts = D.all_reduce_sum({"recon": float(recon_sum.detach()), "align": float(align_sum.detach()),
                                   "cos": float(cos)}, dev)
-        metrics = {"loss_recon": parts["recon"] / glob["tokens"], "loss_align": parts["align"] / glob["queries"],
-                   "teacher_cos": parts["cos"] / glob["queries"], "target_tokens": glob["tokens"]}
+        metrics = {"loss_recon": parts["recon"] * micro_steps / glob["tokens"],  # the step averages these
+                   "loss_align": parts["align"] * micro_steps / glob["queries"],
+                   "teacher_cos": parts["cos"] * micro_steps / glob["queries"],
+                   "target_tokens": glob["tokens"] / micro_steps}
         metrics["loss"] = o.w_recon * metrics["loss_recon"] + o.w_align * metrics["loss_align"]
         metrics["flops"] = (self.stream_flops(batch.streams, causal=True)
                             + self.stream_flops(batch.decode_streams, sum(counts), causal=True))

@@ -13,7 +13,8 @@ t_1 .. t_{n-1}: every decoding position carries a label.
 Logits exist only for target positions, a chunk at a time: neither a (B, T, V) tensor nor per-chunk
 logits are kept for backward (fused linear + cross-entropy; see chunked_ce_sum).
 
-Loss: token mean over the GLOBAL batch per direction, L = w_q2d * L_Q2D + w_d2q * L_D2Q with
+Loss: token mean over the GLOBAL batch per direction (every rank and every accumulated micro-batch of
+the step: Objective.step_norm), L = w_q2d * L_Q2D + w_d2q * L_D2Q with
 (w_q2d, w_d2q) = (alpha, 1 - alpha); switching a direction off gives the other weight 1.
 """
 from __future__ import annotations
@@ -169,6 +170,14 @@ class Reconstruction(Objective):
         return total, sum(counts), (sum(s.num_real_tokens for s in streams), sum(s.num_tokens for s in streams),
                                     self.stream_flops(streams, sum(counts), causal=True))
 
+    def step_totals(self, batches: list[MicroBatch]) -> dict[str, float]:
+        """Decoded tokens per direction (each target's tokens but the first: see decoding_inputs)."""
+        w_q2d, w_d2q = self.options.weights()
+        docs = [t for b in batches for t in b.texts[b.num_queries:2 * b.num_queries]]
+        queries = [t for b in batches for t in b.texts[:b.num_queries]]
+        totals = {"q2d": float(sum(len(t.ids) - 1 for t in docs)), "d2q": float(sum(len(t.ids) - 1 for t in queries))}
+        return {k: v for k, v in totals.items() if (w_q2d if k == "q2d" else w_d2q)}
+
     def loss(self, model, batch: MicroBatch):
         q = batch.num_queries
         anchors = embed_batch(model, batch, self.device)  # (2Q, H): query anchors, then document anchors
@@ -180,14 +189,15 @@ class Reconstruction(Objective):
         if w_d2q:
             sums["d2q"], counts["d2q"], t = self._direction(model, batch, anchors[q:2 * q], batch.texts[:q])
             tokens.append(t)
-        glob = D.all_reduce_sum({k: float(v) for k, v in counts.items()}, self.device)
+        # per direction: tokens of the whole step (or this global micro-batch), x micro-batches per step
+        glob, micro_steps = self.normalizer({k: float(v) for k, v in counts.items()})
         world = D.world_size()  # DeepSpeed averages gradients over ranks; the global mean needs x world
         weight = {"q2d": w_q2d, "d2q": w_d2q}
-        loss = sum(weight[k] * sums[k] * world / glob[k] for k in sums)
+        loss = sum(weight[k] * sums[k] * world * micro_steps / glob[k] for k in sums)
         parts = D.all_reduce_sum({k: float(v.detach()) for k, v in sums.items()}, self.device)
-        metrics = {f"loss_{k}": parts[k] / glob[k] for k in sums}
+        metrics = {f"loss_{k}": parts[k] * micro_steps / glob[k] for k in sums}  # the step averages these
         metrics["loss"] = sum(weight[k] * metrics[f"loss_{k}"] for k in sums)
-        metrics["target_tokens"] = sum(glob.values())
+        metrics["target_tokens"] = sum(glob.values()) / micro_steps
         # The engine adds these to the batch's (anchor pass) token counts for tokens/s and packing efficiency.
         metrics["extra_real_tokens"] = float(sum(t[0] for t in tokens))
         metrics["extra_computed_tokens"] = float(sum(t[1] for t in tokens))
