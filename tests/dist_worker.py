@@ -48,7 +48,10 @@ TRAJ = {  # name -> overrides; 10 optimizer steps through the real trainer
     "comp_micro": ["deepspeed.zero_stage=0", "train.micro_batch_per_rank=1"],  # 4 accumulated micro-steps
     "comp_z3": ["deepspeed.zero_stage=3"],
 }
-RESUME = ["deepspeed.zero_stage=3", "model.lora.enabled=true", "model.lora.dropout=0.1", "train.lr=1e-2"]
+RESUMES = {  # name -> (overrides, output prefix, stop after step): uninterrupted vs stopped + --resume
+    "resume": (["deepspeed.zero_stage=3", "model.lora.enabled=true", "model.lora.dropout=0.1", "train.lr=1e-2"], "", 5),
+    "comp_resume": (["deepspeed.zero_stage=2"], "comp_", 3),  # with the compression recipe
+}
 
 
 def grad_scenario(recipe, overrides, out: Path, name: str):
@@ -109,11 +112,12 @@ def main():
             if D.rank() == 0:
                 save_file(state, str(out / f"{name}.safetensors"))
             results[name] = result["losses"]
-        elif name == "resume":
-            sets = RESUME + [f"run.output_dir={out / 'straight'}"]
+        elif name in RESUMES:
+            base, prefix, stop = RESUMES[name]
+            sets = base + [f"run.output_dir={out / (prefix + 'straight')}"]
             straight = train(*load_recipe(recipe, sets))["losses"]
-            sets = RESUME + [f"run.output_dir={out / 'split'}"]
-            first = train(*load_recipe(recipe, sets + ["run.stop_at_step=5"]))["losses"]
+            sets = base + [f"run.output_dir={out / (prefix + 'split')}"]
+            first = train(*load_recipe(recipe, sets + [f"run.stop_at_step={stop}"]))["losses"]
             torch.manual_seed(1234)  # a resumed run must not depend on the RNG it happens to start with
             second = train(*load_recipe(recipe, sets), resume=True)["losses"]
             results[name] = {"straight": straight, "first": first, "second": second}

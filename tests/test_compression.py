@@ -136,7 +136,7 @@ def test_rejects_data_without_targets(setup, tmp_path):
 @pytest.fixture(scope="module")
 def world2(setup):
     root, recipe = setup
-    return run_dist_worker(root / "out", recipe, "comp_z0,comp_z3,comp_micro,comp_frozen")
+    return run_dist_worker(root / "out", recipe, "comp_z0,comp_z3,comp_micro,comp_frozen,comp_resume")
 
 
 def test_backbone_bitwise_frozen_under_zero3(setup, world2):
@@ -173,6 +173,18 @@ def test_compression_world2_and_zero3_equal_plain_process(setup, world2):
     assert max(abs(a - b) for a, b in zip(plain, r["comp_micro"])) <= 1e-5
     evals = json.loads((run / "eval.json").read_text())
     assert evals["before"] != evals["after"]  # held-out retrieval ran on compression embeddings
+
+
+def test_compression_resume_equals_uninterrupted(world2):
+    """METHODS.md section 3: resume must be exact (the reference swapped the encoder in as decoder). Two
+    ranks, ZeRO-2: stopped after step 3 and resumed equals 6 steps straight, losses and final weights."""
+    out, r = world2
+    res = r["comp_resume"]
+    assert len(res["first"]) == 3 and res["first"] + res["second"] == res["straight"]  # exactly
+    a = load_file(str(out / "comp_straight" / "final" / "compression.safetensors"))
+    b = load_file(str(out / "comp_split" / "final" / "compression.safetensors"))
+    assert set(a) == {"special.weight", "recon.weight", "recon.bias", "align.weight", "align.bias"}
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_decode_trained_run(setup, world2):
