@@ -137,6 +137,34 @@ def test_sentence_transformers_teacher_equals_hf_mean_pooling(tmp_path):
     assert (cls - via_hf.encode(texts)).abs().max() > 1e-3
 
 
+def test_decoder_teacher_reads_bidirectionally(tmp_path):
+    """A decoder LLM as an hf teacher (LLM2Vec style): padded batches equal each text alone through stock HF
+    with a full 4D mask (every token sees every token), mean-pooled; teacher.attention: causal equals the
+    plain causal model, and the two differ."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from embedtrain.config.schema import TeacherConfig
+    from embedtrain.tiny import make_tiny_model
+
+    path = make_tiny_model("llama3", tmp_path / "llm")
+    texts = ["a cat", "the dog sat on the mat by the door", "x"]
+    tok, ref = AutoTokenizer.from_pretrained(str(path)), AutoModel.from_pretrained(str(path)).eval()
+
+    def alone(text, bidirectional):
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        mask = torch.ones(1, 1, ids.shape[1], ids.shape[1], dtype=torch.bool) if bidirectional else None
+        with torch.no_grad():
+            return ref(input_ids=ids, attention_mask=mask).last_hidden_state[0].mean(0)
+
+    bi = Teacher(TeacherConfig(path=str(path), pooling="mean"), torch.device("cpu"))
+    causal = Teacher(TeacherConfig(path=str(path), pooling="mean", attention="causal"), torch.device("cpu"))
+    assert bi.bidirectional and not causal.bidirectional
+    got_bi, got_causal = bi.encode(texts), causal.encode(texts)
+    assert (got_bi - torch.stack([alone(t, True) for t in texts])).abs().max() <= 1e-5
+    assert (got_causal - torch.stack([alone(t, False) for t in texts])).abs().max() <= 1e-5
+    assert (got_bi - got_causal).abs().max() > 1e-3
+
+
 def test_bad_query_line_names_file_and_line(tiny, tmp_path):
     root, model = tiny
     bad = tmp_path / "bad.jsonl"

@@ -105,6 +105,9 @@ class TeacherConfig:
     path: Optional[str] = None
     kind: Literal["auto", "sentence_transformers", "hf"] = "auto"  # auto: modules.json -> sentence_transformers
     pooling: Literal["mean", "cls", "last"] = "mean"  # hf kind only (a sentence-transformers folder has its own)
+    # hf kind, decoder LLMs only: LLM2Vec teachers read their input bidirectionally (auto); causal runs the
+    # decoder as it was pretrained. Encoders (BERT, BGE) are bidirectional by construction.
+    attention: Literal["auto", "bidirectional", "causal"] = "auto"
     normalize: bool = False  # L2-normalise the targets (sentence-transformers folders may already do)
     max_length: int = 512  # teacher input tokens per response
     batch_size: int = 64

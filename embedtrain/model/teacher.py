@@ -2,8 +2,10 @@
 
 A sentence-transformers folder (it has modules.json) runs through sentence-transformers itself, with
 its own pooling and normalisation. Any other local Hugging Face model (an encoder such as BERT/BGE, or
-a decoder such as an LLM2Vec-style backbone) runs through transformers' AutoModel with the pooling the
-recipe names: mean over real tokens, the first token (cls), or the last real token (last).
+a decoder such as an LLM2Vec backbone with its adapters merged) runs through transformers' AutoModel with
+the pooling the recipe names: mean over real tokens, the first token (cls), or the last real token
+(last). A decoder reads bidirectionally unless teacher.attention is causal (LLM2Vec's encoders are its
+decoders with the causal mask removed): it gets a 4D mask that hides only the padding.
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from embedtrain.config.schema import TeacherConfig
+from embedtrain.families import FAMILIES
 from embedtrain.model.embedder import DTYPES
 
 log = logging.getLogger(__name__)
+DECODER_TYPES = {t for f in FAMILIES.values() for t in f.model_types}  # the decoder LLMs embedtrain knows
 
 
 def resolve_teacher_path(path: str | None) -> Path:
@@ -43,6 +47,7 @@ def resolve_teacher_path(path: str | None) -> Path:
 class Teacher:
     def __init__(self, cfg: TeacherConfig, device: torch.device):
         self.cfg, self.device = cfg, device
+        self.bidirectional = False
         self.path = resolve_teacher_path(cfg.path)
         kind = cfg.kind
         if kind == "auto":
@@ -66,8 +71,14 @@ class Teacher:
             self.tokenizer.padding_side = "right"
             self.model = AutoModel.from_pretrained(str(self.path), dtype=dtype, use_safetensors=True).to(device)
             self.dim = self.model.config.hidden_size
+            decoder = self.model.config.model_type in DECODER_TYPES
+            if not decoder and cfg.attention == "causal":
+                raise ValueError(f"teacher.attention: causal is for decoder LLMs; {self.path} is a "
+                                 f"{self.model.config.model_type} encoder (bidirectional by construction)")
+            self.bidirectional = decoder and cfg.attention != "causal"
         self.model.eval()
-        log.info("teacher %s (%s, %d-d)", self.path, kind if kind != "hf" else f"hf, {cfg.pooling} pooling", self.dim)
+        how = kind if kind != "hf" else f"hf, {cfg.pooling} pooling"
+        log.info("teacher %s (%s%s, %d-d)", self.path, how, ", bidirectional decoder" * self.bidirectional, self.dim)
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> torch.Tensor:
@@ -85,7 +96,13 @@ class Teacher:
     def _encode_hf(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_length,
                              return_tensors="pt").to(self.device)
-        hidden_BTH = self.model(**enc).last_hidden_state.float()
+        if self.bidirectional:  # every token sees every real token of its text: (B, 1, T, T), keys only
+            keys_BT = enc["attention_mask"].bool()
+            enc["attention_mask"] = keys_BT[:, None, None, :].expand(-1, 1, keys_BT.shape[1], -1)
+            hidden_BTH = self.model(**enc).last_hidden_state.float()
+            enc["attention_mask"] = keys_BT.long()
+        else:
+            hidden_BTH = self.model(**enc).last_hidden_state.float()
         mask_BT = enc["attention_mask"].float()
         if self.cfg.pooling == "cls":
             pooled = hidden_BTH[:, 0]
