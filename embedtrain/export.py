@@ -47,9 +47,10 @@ def _load_lm(final: Path, meta: dict):
 
 
 def export(run_dir: str | Path, out_dir: str | Path) -> Path:
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
 
     from embedtrain.model.embedder import load_tokenizer
+    from embedtrain.st_modules import st_models as models
 
     final = find_final(run_dir)
     meta = json.loads((final / META).read_text())
@@ -99,10 +100,11 @@ def _save(st, meta: dict, out: Path, tmp: Path, hf_dir: Path) -> Path:
 
 def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[int], out: Path, tmp: Path) -> Path:
     from safetensors.torch import load_file
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
 
     from embedtrain.model.compression_io import WEIGHTS
     from embedtrain.st_modules import LastTokensMean
+    from embedtrain.st_modules import st_models as models
 
     m, n = meta["thought_tokens"], meta["compression_tokens"]
     state = load_file(str(final / WEIGHTS))

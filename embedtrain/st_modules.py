@@ -5,7 +5,12 @@ models (their n compression tokens close every text). Left or right padding both
 """
 from __future__ import annotations
 
-from sentence_transformers.models import Module
+try:  # sentence-transformers 6: the module classes' new home (`sentence_transformers.models` warns)
+    from sentence_transformers.sentence_transformer import modules as st_models
+except ImportError:  # earlier releases
+    from sentence_transformers import models as st_models
+
+Module = st_models.Module
 
 
 class LastTokensMean(Module):

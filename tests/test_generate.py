@@ -115,10 +115,11 @@ def test_prompt_uses_the_tokenizers_chat_template_and_cuts_only_the_query(tiny):
 def test_sentence_transformers_teacher_equals_hf_mean_pooling(tmp_path):
     """A sentence-transformers folder runs through sentence-transformers; the same encoder as a plain HF
     folder with mean pooling gives the same vectors."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     from embedtrain.config.schema import TeacherConfig
+    from embedtrain.st_modules import st_models as models
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz")
     (tmp_path / "vocab.txt").write_text("\n".join(vocab))
