@@ -95,7 +95,7 @@ def validate_recipe(cfg: RecipeConfig, origin: dict) -> None:
         if not get_objective(t.objective)[0].splittable:
             _fail(origin, "train.micro_batch_per_rank",
                   f"splitting a batch changes the {t.objective} loss (in-batch negatives); keep the global "
-                  "contrastive batch with objective.grad_cache: true and data.max_tokens_per_batch instead")
+                  "contrastive batch with objective.infonce.grad_cache: true and data.max_tokens_per_batch instead")
     options = objective_options(cfg, origin)
     check = getattr(options, "validate", None)
     if check is not None:
