@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# METHODS.md section 3: LLM2Vec-Gen instructions are generation requests
+
 def tfidf_encoder(suite_dir: str, make_encoder):
     """TF-IDF fitted once on every string in the suite's data files (queries, documents, sentences)."""
     from sklearn.feature_extraction.text import TfidfVectorizer

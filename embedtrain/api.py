@@ -108,14 +108,9 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: str 
         model, tokenizer, meta = load_compression_run(final, device, dtype=dtype)
         return Embedder(model, text_format(model, tokenizer, meta), meta, device)
     tokenizer = load_tokenizer(str(final))
-    lora = meta.get("lora", {}).get("enabled") and (final / "adapter_config.json").is_file()
-    weights = (meta.get("base_weights") or meta["base_model"]) if lora else str(final)
-    cfg = ModelConfig(path=weights, family=meta["family"], dtype=dtype, attention=meta["attention"],
+    # a LoRA run's folder holds its adapter: build_model (load_causal_lm) merges it onto the base it names
+    cfg = ModelConfig(path=str(final), family=meta["family"], dtype=dtype, attention=meta["attention"],
                       pooling=meta["pooling"], attn_backend=attn_backend)
     model = build_model(cfg, tokenizer, device)
-    if lora:
-        from peft import PeftModel
-
-        model.lm = PeftModel.from_pretrained(model.lm, str(final)).merge_and_unload()
     text = TextTokenizer(tokenizer, model.family, meta["max_length"], meta["instruction_format"])
     return Embedder(model, text, meta, device)

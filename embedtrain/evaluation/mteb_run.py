@@ -3,8 +3,9 @@
 The model is wrapped in mteb's encoder interface. Queries (and both sides of symmetric tasks: STS,
 classification, clustering) get the task's instruction from a JSON file (task name -> instruction;
 embedtrain ships one for MTEB English); retrieval documents get none. A compression (LLM2Vec-Gen) run
-instead phrases every input as a request for the answer it embeds (GENERATION_REQUESTS). Tasks are mteb's own names or
-the offline suite's (embedtrain.evaluation.suite_tasks, built by `embedtrain build-eval-suite`).
+instead phrases every input as a request for the answer it embeds (GENERATION_REQUESTS). Tasks are
+mteb's own names or the offline suite's (embedtrain.evaluation.suite_tasks, built by
+`embedtrain build-eval-suite`).
 Results are mteb's JSON under OUTPUT/results plus OUTPUT/summary.md, one table.
 """
 from __future__ import annotations

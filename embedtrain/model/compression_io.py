@@ -39,10 +39,9 @@ def save_compression_final(state: dict[str, torch.Tensor], head: CompressionHead
 
 def load_compression_run(path: str | Path, device: torch.device | None = None, dtype: str | None = None):
     """(EmbeddingModel with .compression, tokenizer, meta) of a finished compression run, in eval mode."""
+    from embedtrain.api import find_final
     from embedtrain.config.schema import ModelConfig
     from embedtrain.model.embedder import build_model, load_tokenizer
-
-    from embedtrain.api import find_final
 
     final = find_final(path)
     meta = json.loads((final / "embedtrain.json").read_text())

@@ -96,14 +96,11 @@ class Teacher:
     def _encode_hf(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_length,
                              return_tensors="pt").to(self.device)
+        mask_BT = enc["attention_mask"]
         if self.bidirectional:  # every token sees every real token of its text: (B, 1, T, T), keys only
-            keys_BT = enc["attention_mask"].bool()
-            enc["attention_mask"] = keys_BT[:, None, None, :].expand(-1, 1, keys_BT.shape[1], -1)
-            hidden_BTH = self.model(**enc).last_hidden_state.float()
-            enc["attention_mask"] = keys_BT.long()
-        else:
-            hidden_BTH = self.model(**enc).last_hidden_state.float()
-        mask_BT = enc["attention_mask"].float()
+            enc["attention_mask"] = mask_BT.bool()[:, None, None, :].expand(-1, 1, mask_BT.shape[1], -1)
+        hidden_BTH = self.model(**enc).last_hidden_state.float()
+        mask_BT = mask_BT.float()
         if self.cfg.pooling == "cls":
             pooled = hidden_BTH[:, 0]
         elif self.cfg.pooling == "last":

@@ -171,12 +171,17 @@ class Reconstruction(Objective):
                                     self.stream_flops(streams, sum(counts), causal=True))
 
     def step_totals(self, batches: list[MicroBatch]) -> dict[str, float]:
-        """Decoded tokens per direction (each target's tokens but the first: see decoding_inputs)."""
+        """Decoded (labelled) tokens per direction over the step's micro-batches."""
+        def labels(targets):
+            return float(sum(len(y) for y in decoding_inputs(targets)[1]))
+
         w_q2d, w_d2q = self.options.weights()
-        docs = [t for b in batches for t in b.texts[b.num_queries:2 * b.num_queries]]
-        queries = [t for b in batches for t in b.texts[:b.num_queries]]
-        totals = {"q2d": float(sum(len(t.ids) - 1 for t in docs)), "d2q": float(sum(len(t.ids) - 1 for t in queries))}
-        return {k: v for k, v in totals.items() if (w_q2d if k == "q2d" else w_d2q)}
+        totals = {}
+        if w_q2d:
+            totals["q2d"] = labels([t for b in batches for t in b.texts[b.num_queries:2 * b.num_queries]])
+        if w_d2q:
+            totals["d2q"] = labels([t for b in batches for t in b.texts[:b.num_queries]])
+        return totals
 
     def loss(self, model, batch: MicroBatch):
         q = batch.num_queries
