@@ -6,6 +6,7 @@ load), and compression-token runs (LLM2Vec-Gen). bf16 on GPU, the run's own dtyp
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -27,11 +28,44 @@ def find_final(path: str | Path) -> Path:
                             "run.checkpoint_weights, or an `embedtrain export` folder)")
 
 
+def trained_context(config) -> int:
+    """The longest input the base model was trained for (its position table)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if not n:
+        raise ValueError(f"{getattr(config, 'model_type', 'model')} config has no max_position_embeddings: pass "
+                         "max_length= to say how many tokens a text may have")
+    return int(n)
+
+
+def check_max_length(value: int, model_max: int, where: str) -> int:
+    if not isinstance(value, int) or value < 8:
+        raise ValueError(f"{where}: max_length must be an integer >= 8, got {value!r}")
+    if value > model_max:
+        raise ValueError(f"{where}: max_length {value} exceeds the {model_max} tokens the model's positions "
+                         "were trained for; pass at most that")
+    return value
+
+
+def inference_max_length(meta: dict, config, override: int | None = None, reserved: int = 0,
+                         where: str = "load") -> int:
+    """Tokens per text at inference. Training's data.max_length (meta["max_length"]) is a cost setting for
+    short training pairs and must not cut documents at inference: the default is what an export recorded
+    (meta["inference_max_length"]), else the base model's trained context; `override` caps it.
+    reserved: positions the text cannot use (a compression run's special tokens)."""
+    model_max = trained_context(config) - reserved
+    if override is not None:
+        return check_max_length(override, model_max, where)
+    return min(int(meta.get("inference_max_length") or model_max), model_max)
+
+
 class Embedder:
     """A loaded embedding model. encode() batches texts by token count into packed streams."""
 
     def __init__(self, model, text_format, meta: dict, device: torch.device):
         self.model, self.text, self.meta, self.device = model, text_format, meta, device
+        # positions a text may use: a compression run's special tokens follow every text
+        reserved = meta["thought_tokens"] + meta["compression_tokens"] if meta.get("kind") == "compression" else 0
+        self.model_max_length = trained_context(model.lm.config) - reserved
         self.model.eval()
 
     @property
@@ -40,11 +74,18 @@ class Embedder:
             return self.meta["teacher_dim"]
         return self.model.lm.config.hidden_size
 
+    @property
+    def max_length(self) -> int:
+        """Tokens per text (template, instruction and EOS included) before content is cut."""
+        return self.text.max_length
+
     @torch.no_grad()
     def encode(self, texts: list[str] | str, instruction: str | None = None, batch_size: int = 64,
-               normalize: bool = True, show_progress: bool | None = None) -> torch.Tensor:
+               normalize: bool = True, show_progress: bool | None = None,
+               max_length: int | None = None) -> torch.Tensor:
         """(N, D) float32 CPU tensor in input order. `instruction` is applied to every text (queries);
-        documents are encoded without. batch_size: texts per packed forward (sorted by length)."""
+        documents are encoded without. batch_size: texts per packed forward (sorted by length).
+        max_length: tokens per text for this call (default: the one chosen at load)."""
         from tqdm import tqdm
 
         from embedtrain.data.packing import pack_texts
@@ -55,7 +96,11 @@ class Embedder:
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)
         instructions = [instruction] * len(texts) if instruction else None
         compression = isinstance(self.text, CompressionText)
-        tokenized = self.text.queries(texts, instructions) if compression else self.text.encode(texts, instructions)
+        fmt = self.text
+        if max_length is not None:
+            fmt = copy.copy(self.text)
+            fmt.max_length = check_max_length(max_length, self.model_max_length, "encode(max_length=...)")
+        tokenized = fmt.queries(texts, instructions) if compression else fmt.encode(texts, instructions)
         order = sorted(range(len(texts)), key=lambda i: -len(tokenized[i].ids))
         show = len(texts) > 4 * batch_size if show_progress is None else show_progress
         for start in tqdm(range(0, len(order), batch_size), desc="encode", unit="batch", disable=not show):
@@ -74,7 +119,7 @@ class Embedder:
 
 
 def from_base(model_path: str, pooling: str = "mean", family: str = "auto", attention: str = "causal",
-              instruction_format: str = "Instruct: {instruction}\nQuery: ", max_length: int = 512,
+              instruction_format: str = "Instruct: {instruction}\nQuery: ", max_length: int | None = None,
               device: str | torch.device | None = None, dtype: str | None = None) -> Embedder:
     """An untrained model folder as an embedder (baselines): the family template, the pooling asked for."""
     from embedtrain.config.schema import ModelConfig
@@ -86,14 +131,16 @@ def from_base(model_path: str, pooling: str = "mean", family: str = "auto", atte
     tokenizer = load_tokenizer(model_path)
     model = build_model(ModelConfig(path=model_path, family=family, dtype=dtype, attention=attention, pooling=pooling),
                         tokenizer, device)
+    max_length = inference_max_length({}, model.lm.config, max_length, where=f"from_base({model_path!r})")
     meta = {"family": model.family.name, "pooling": pooling, "attention": attention, "max_length": max_length,
             "instruction_format": instruction_format, "base_model": model_path, "dtype": dtype}
     return Embedder(model, TextTokenizer(tokenizer, model.family, max_length, instruction_format), meta, device)
 
 
 def load(path: str | Path, device: str | torch.device | None = None, dtype: str | None = None,
-         attn_backend: str = "auto") -> Embedder:
-    """Load a finished run (or an exported folder) for encoding."""
+         attn_backend: str = "auto", max_length: int | None = None) -> Embedder:
+    """Load a finished run (or an exported folder) for encoding. max_length: tokens per text (default: the
+    base model's trained context, not the training data.max_length; see inference_max_length)."""
     from embedtrain.config.schema import ModelConfig
     from embedtrain.data.packing import TextTokenizer
     from embedtrain.model.embedder import build_model, load_tokenizer
@@ -106,11 +153,16 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: str 
         from embedtrain.model.compression_io import load_compression_run, text_format
 
         model, tokenizer, meta = load_compression_run(final, device, dtype=dtype)
+        n = meta["thought_tokens"] + meta["compression_tokens"]
+        meta = dict(meta, training_max_length=meta["max_length"],
+                    max_length=inference_max_length(meta, model.lm.config, max_length, n, f"load({str(path)!r})"))
         return Embedder(model, text_format(model, tokenizer, meta), meta, device)
     tokenizer = load_tokenizer(str(final))
     # a LoRA run's folder holds its adapter: build_model (load_causal_lm) merges it onto the base it names
     cfg = ModelConfig(path=str(final), family=meta["family"], dtype=dtype, attention=meta["attention"],
                       pooling=meta["pooling"], attn_backend=attn_backend)
     model = build_model(cfg, tokenizer, device)
+    meta = dict(meta, training_max_length=meta["max_length"],
+                max_length=inference_max_length(meta, model.lm.config, max_length, where=f"load({str(path)!r})"))
     text = TextTokenizer(tokenizer, model.family, meta["max_length"], meta["instruction_format"])
     return Embedder(model, text, meta, device)

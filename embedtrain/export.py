@@ -39,6 +39,13 @@ def _dtype(meta: dict) -> torch.dtype:
     return torch.float32 if meta.get("dtype", "float32") == "float32" else torch.bfloat16
 
 
+def _with_inference_length(meta: dict, config, max_length: int | None, reserved: int, run_dir) -> dict:
+    from embedtrain.api import inference_max_length
+
+    return dict(meta, inference_max_length=inference_max_length(meta, config, max_length, reserved,
+                                                                f"export {run_dir}"))
+
+
 def _load_lm(final: Path, meta: dict):
     """Full weights, or a LoRA run's adapter merged onto its base."""
     from embedtrain.model.embedder import load_causal_lm
@@ -46,7 +53,9 @@ def _load_lm(final: Path, meta: dict):
     return load_causal_lm(final, _dtype(meta))
 
 
-def export(run_dir: str | Path, out_dir: str | Path) -> Path:
+def export(run_dir: str | Path, out_dir: str | Path, max_length: int | None = None) -> Path:
+    """max_length: tokens per text of the exported model (default: the base model's trained context;
+    training's data.max_length is not an inference limit)."""
     from sentence_transformers import SentenceTransformer
 
     from embedtrain.model.embedder import load_tokenizer
@@ -64,16 +73,17 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = family.eos_token
     if meta.get("kind") == "compression":
-        return _export_compression(final, meta, tokenizer, family, bos, out, tmp)
+        return _export_compression(final, meta, tokenizer, family, bos, out, tmp, max_length, run_dir)
     if meta["attention"] != "causal":
         raise ValueError(f"{final}: bidirectional runs cannot be expressed with stock sentence-transformers "
                          "modules (a plain transformers model attends causally); use embedtrain.load()")
     lm = _load_lm(final, meta)
+    meta = _with_inference_length(meta, lm.config, max_length, 0, run_dir)
     suffix = tokenizer(family.suffix, add_special_tokens=False)["input_ids"] if family.suffix else []
     _post_processor(tokenizer, bos, suffix + [vocab[family.eos_token]])
     lm.save_pretrained(str(hf_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(hf_dir))
-    transformer = models.Transformer(str(hf_dir), max_seq_length=meta["max_length"])
+    transformer = models.Transformer(str(hf_dir), max_seq_length=meta["inference_max_length"])
     mode = "lasttoken" if meta["pooling"] == "last" else "mean"
     dim = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
     pooling = models.Pooling(dim, pooling_mode=mode, include_prompt=False)
@@ -98,7 +108,8 @@ def _save(st, meta: dict, out: Path, tmp: Path, hf_dir: Path) -> Path:
     return out
 
 
-def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[int], out: Path, tmp: Path) -> Path:
+def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[int], out: Path, tmp: Path,
+                        max_length: int | None, run_dir) -> Path:
     from safetensors.torch import load_file
     from sentence_transformers import SentenceTransformer
 
@@ -113,6 +124,7 @@ def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[in
     ids = tokenizer.convert_tokens_to_ids(names)
     dtype = _dtype(meta)
     lm = _load_lm(Path(meta["base_model"]), meta)
+    meta = _with_inference_length(meta, lm.config, max_length, m + n, run_dir)
     lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     with torch.no_grad():
         lm.get_input_embeddings().weight[torch.tensor(ids)] = state["special.weight"].to(dtype)
@@ -120,7 +132,7 @@ def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[in
     hf_dir = tmp / "_hf"
     lm.save_pretrained(str(hf_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(hf_dir))
-    transformer = models.Transformer(str(hf_dir), max_seq_length=meta["max_length"] + m + n)
+    transformer = models.Transformer(str(hf_dir), max_seq_length=meta["inference_max_length"] + m + n)
     hidden = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
     recon = models.Dense(hidden, hidden, bias=True, activation_function=torch.nn.Identity())
     align = models.Dense(hidden, meta["teacher_dim"], bias=True, activation_function=torch.nn.Identity())

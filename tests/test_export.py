@@ -82,7 +82,8 @@ def test_encode_equals_stock_hf_reference(runs):
 
     merged = PeftModel.from_pretrained(merged, str(root / "lora" / "final")).merge_and_unload()
     tok = load_tokenizer(str(model))
-    ids = TextTokenizer(tok, FAMILIES["chatml"], 160, "Instruct: {instruction}\nQuery: ").encode(
+    # load() encodes up to the model's context (512), not the training data.max_length (160)
+    ids = TextTokenizer(tok, FAMILIES["chatml"], 512, "Instruct: {instruction}\nQuery: ").encode(
         TEXTS, [INSTRUCTION] * len(TEXTS))
     with torch.no_grad():
         ref = torch.stack([merged.model(input_ids=torch.tensor(t.ids)[None]).last_hidden_state[0, -1] for t in ids])
@@ -163,3 +164,34 @@ def test_eval_says_plainly_when_mteb_data_is_unreachable(runs, tmp_path):
                            "--output", str(tmp_path / "o")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "mteb task STS12: its dataset is not on disk and the Hugging Face hub is unreachable" in proc.stderr
+
+
+LONG = " ".join(f"item{i} is one of many long parts of this document" for i in range(8))  # ~400 tokens of the tiny test vocabulary
+
+
+def test_inference_length_is_the_models_not_the_training_max_length(runs):
+    """The runs trained with data.max_length 160; a ~400-token document must be encoded whole by load,
+    encode and the exported folder (the tiny model's trained context is 512), and the flags cap it."""
+    root, model = runs
+    ours = embedtrain.load(root / "lora")
+    assert ours.max_length == 512 and ours.meta["training_max_length"] == 160
+    tok = load_tokenizer(str(model))
+    full = TextTokenizer(tok, FAMILIES["chatml"], 512, "Instruct: {instruction}\nQuery: ").encode([LONG])[0]
+    assert 300 < len(full.ids) < 512 and not full.truncated
+    merged = AutoModelForCausalLM.from_pretrained(str(root / "lora" / "final_merged"), attn_implementation="eager")
+    with torch.no_grad():
+        ref = F.normalize(merged.model(input_ids=torch.tensor(full.ids)[None]).last_hidden_state[0, -1], dim=-1)
+    got = ours.encode(LONG)
+    assert (got - ref).abs().max() <= 1e-5
+    cut = embedtrain.load(root / "lora", max_length=160).encode(LONG)
+    assert (cut - ours.encode(LONG, max_length=160)).abs().max() <= 1e-6
+    assert (cut - got).abs().max() > 1e-3  # truncation at 160 really changes the vector
+    with pytest.raises(ValueError, match="exceeds the 512 tokens"):
+        ours.encode(LONG, max_length=4096)
+    for name, cap in (("mean", None), ("mean", 100)):
+        out = export(root / name, root / f"st_len_{name}_{cap}", max_length=cap)
+        st = SentenceTransformer(str(out), device="cpu")
+        assert st.max_seq_length == (cap or 512)
+        mine = embedtrain.load(root / name, max_length=cap).encode([LONG, TEXTS[0]])
+        assert (st.encode([LONG, TEXTS[0]], convert_to_tensor=True) * mine).sum(-1).min() >= 0.9999
+        assert embedtrain.load(out).max_length == (cap or 512)  # the exported folder keeps its length

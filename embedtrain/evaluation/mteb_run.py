@@ -175,12 +175,13 @@ def evaluate_encoder(encoder, tasks: list, output: str | Path, title: str) -> di
 
 
 def run_eval(run_dir: str, task_names: list[str], output: str, instructions_file: str | None = None,
-             suite_dir: str | None = None, batch_size: int = 64, device: str | None = None) -> dict[str, float]:
+             suite_dir: str | None = None, batch_size: int = 64, device: str | None = None,
+             max_length: int | None = None) -> dict[str, float]:
     """Evaluate a run and return {task: main score}; writes mteb JSON and summary.md under output."""
     import embedtrain
 
     instructions = load_instructions(instructions_file, suite_dir)
     tasks = resolve_tasks(task_names, suite_dir)
-    embedder = embedtrain.load(run_dir, device=device)
+    embedder = embedtrain.load(run_dir, device=device, max_length=max_length)
     name = Path(run_dir).resolve().name or "model"
     return evaluate_encoder(embedder_encoder(embedder, name, instructions, batch_size), tasks, output, str(run_dir))
