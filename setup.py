@@ -19,6 +19,7 @@ setup(
         "PyYAML>=6.0",
         "numpy",
         "tqdm",
+        "scikit-learn",  # TF-IDF / BM25 hard-negative mining (embedtrain mine ... tfidf|bm25)
     ],
     extras_require={
         "flash": ["flash-attn>=2.6"],

