@@ -21,6 +21,9 @@ class RunConfig:
     progress_bar: bool = True
     stop_at_step: int = 0  # >0: checkpoint and exit after this step (time-sliced jobs); resume with --resume
     save_merged: bool = False  # with LoRA: also write base + adapter merged into final_merged/
+    # Keep the weights of the best evaluation step (eval.every_steps, eval.best_metric) in best/, and
+    # best.json (step, metric, scores); final/ still holds the last step.
+    keep_best: bool = False
 
 
 @dataclass
@@ -94,6 +97,14 @@ class EvalConfig:
     max_examples: int = 500
     batch_tokens: int = 8192
     document_instruction: Optional[str] = None  # e.g. compression models: "Summarize the following passage: "
+    # During training: every N steps (and at the last step) score eval.retrieval and eval.tasks; 0: only
+    # eval.retrieval, before and after training.
+    every_steps: int = 0
+    tasks: list[str] = field(default_factory=list)  # offline-suite task names (eval.suite), scored by mteb
+    suite: Optional[str] = None  # the offline suite folder (embedtrain build-eval-suite DIR)
+    # The score run.keep_best maximises: retrieval/mrr|recall@1|recall@10, suite/<task>, suite/mean.
+    # Default: retrieval/mrr with eval.retrieval, else suite/mean.
+    best_metric: Optional[str] = None
 
 
 @dataclass

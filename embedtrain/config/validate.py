@@ -96,6 +96,7 @@ def validate_recipe(cfg: RecipeConfig, origin: dict) -> None:
             _fail(origin, "train.micro_batch_per_rank",
                   f"splitting a batch changes the {t.objective} loss (in-batch negatives); keep the global "
                   "contrastive batch with objective.infonce.grad_cache: true and data.max_tokens_per_batch instead")
+    _validate_eval(cfg, origin)
     options = objective_options(cfg, origin)
     check = getattr(options, "validate", None)
     if check is not None:
@@ -103,3 +104,53 @@ def validate_recipe(cfg: RecipeConfig, origin: dict) -> None:
         if problem:
             key, message = problem
             _fail(origin, key, message)
+
+
+def best_metric(cfg: RecipeConfig) -> str:
+    """The score run.keep_best maximises: eval.best_metric, else the retrieval MRR, else the suite mean."""
+    if cfg.eval.best_metric:
+        return cfg.eval.best_metric
+    return "retrieval/mrr" if cfg.eval.retrieval else "suite/mean"
+
+
+def metric_names(cfg: RecipeConfig) -> list[str]:
+    """Every score key an evaluation of this recipe produces."""
+    names = [f"retrieval/{m}" for m in ("recall@1", "recall@10", "mrr")] if cfg.eval.retrieval else []
+    if cfg.eval.tasks:
+        names += [f"suite/{t}" for t in cfg.eval.tasks] + ["suite/mean"]
+    return names
+
+
+def _validate_eval(cfg: RecipeConfig, origin: dict) -> None:
+    """eval.every_steps / eval.tasks / run.keep_best: checked here, so a typo fails before a model loads."""
+    import json
+    from pathlib import Path
+
+    ev = cfg.eval
+    if ev.every_steps < 0:
+        _fail(origin, "eval.every_steps", f"must be >= 0 (0: no evaluation during training), got {ev.every_steps}")
+    if ev.every_steps and not (ev.retrieval or ev.tasks):
+        _fail(origin, "eval.every_steps", "has nothing to score: set eval.retrieval (held-out pairs) and/or "
+                                          "eval.tasks with eval.suite")
+    if ev.tasks:
+        if not ev.suite:
+            _fail(origin, "eval.tasks", "needs eval.suite: the offline suite folder (embedtrain build-eval-suite DIR)")
+        manifest = Path(ev.suite) / "suite.json"
+        if not manifest.is_file():
+            _fail(origin, "eval.suite", f"{ev.suite}: no suite.json (build it with: embedtrain build-eval-suite "
+                                        f"{ev.suite})")
+        known = json.loads(manifest.read_text()).get("tasks", {})
+        unknown = [t for t in ev.tasks if t not in known]
+        if unknown:
+            _fail(origin, "eval.tasks", f"not in {manifest}: {', '.join(unknown)}; it has {', '.join(sorted(known))}")
+        if not ev.every_steps:
+            _fail(origin, "eval.tasks", "are scored during training only: set eval.every_steps")
+    if cfg.run.keep_best and not ev.every_steps:
+        _fail(origin, "run.keep_best", "needs evaluations to compare: set eval.every_steps and eval.retrieval "
+                                       "and/or eval.tasks")
+    if ev.every_steps:
+        names = metric_names(cfg)
+        if best_metric(cfg) not in names:
+            key = "eval.best_metric" if ev.best_metric else "run.keep_best"
+            _fail(origin, key, f"{best_metric(cfg)!r} is not a score this recipe's evaluation produces; "
+                               f"one of: {', '.join(names)}")

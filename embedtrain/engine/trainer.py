@@ -13,8 +13,8 @@ import yaml
 
 from embedtrain import distributed as D
 from embedtrain.config.schema import RecipeConfig
-from embedtrain.data.jsonl import build_index
 from embedtrain.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from embedtrain.engine.evaluator import Evaluator
 from embedtrain.engine.final import save_final, save_weights
 from embedtrain.engine.metrics import MetricsLogger
 from embedtrain.engine.preemption import StopSignals, write_status
@@ -29,24 +29,6 @@ def _setup_logging(rank: int) -> None:
                         format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s", force=True)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _run_eval(model, text_tok, builder, cfg: RecipeConfig, device, label: str) -> dict | None:
-    """Held-out retrieval (eval.retrieval): every rank runs the same forwards (ZeRO-3 needs lockstep)."""
-    if not cfg.eval.retrieval:
-        return None
-    from embedtrain.encode import encode_texts, retrieval_scores
-
-    idx = build_index([cfg.eval.retrieval])
-    examples = [idx.read(i) for i in range(min(len(idx), cfg.eval.max_examples))]
-    q = encode_texts(model, text_tok, [e.query for e in examples], [builder.instruction_for(e) for e in examples],
-                     cfg.eval.batch_tokens, device)
-    doc_inst = [cfg.eval.document_instruction] * len(examples) if cfg.eval.document_instruction else None
-    d = encode_texts(model, text_tok, [e.positive for e in examples], doc_inst, cfg.eval.batch_tokens, device)
-    scores = retrieval_scores(q, d)
-    log.info("held-out retrieval %s training (%s, %d queries): R@1 %.3f  R@10 %.3f  MRR %.3f", label,
-             cfg.eval.retrieval, len(examples), scores["recall@1"], scores["recall@10"], scores["mrr"])
-    return scores
 
 
 def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
@@ -76,7 +58,11 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     else:
         torch.manual_seed(cfg.run.seed + rank)  # dropout differs between ranks
     eval_tok = getattr(objective, "text", text_tok)  # objectives with their own text formatting
-    before = _run_eval(engine.module, eval_tok, builder, cfg, device, "before") if start == 0 else None
+    save_best = None
+    if cfg.run.keep_best:
+        save_best = partial(save_weights, engine.module, cfg, tokenizer, zero_stage=zero_stage, options=options)
+    evaluator = Evaluator(cfg, engine.module, eval_tok, builder, device, run_dir, save_best)
+    before = evaluator.retrieval("before training") if start == 0 else None
 
     metrics_log = MetricsLogger(run_dir, cfg.train.steps, start, cfg.run.log_every, rank == 0,
                                 cfg.run.progress_bar)
@@ -88,9 +74,11 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         for step in range(start, cfg.train.steps):
             metrics = train_step(s, step)
             losses.append(metrics["loss"])
-            metrics_log.step(step + 1, metrics)
             done = step + 1 == cfg.train.steps
             preempted = signals.should_stop(device)
+            if evaluator.due(step + 1) and not preempted:  # outside train_step: not in its time or tokens/s
+                metrics.update(evaluator.step(step + 1))
+            metrics_log.step(step + 1, metrics)
             stop = step + 1 == cfg.run.stop_at_step or preempted
             if done or stop or (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0):
                 # a preempted job's grace period goes to the resumable state only, not to a weights copy
@@ -107,16 +95,19 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                         "start_step": start, "preempted": preempted, "engine": engine}
         metrics_log.close()
         final_dir = save_final(engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged, options)
-        after = _run_eval(engine.module, eval_tok, builder, cfg, device, "after")
+        after = evaluator.retrieval("after training")
         if rank == 0 and (before or after):
             atomic_write_text(run_dir / "eval.json", json.dumps({"before": before, "after": after}, indent=1))
         if rank == 0 and before and after:
             print(f"held-out retrieval ({cfg.eval.retrieval}): R@1 {before['recall@1']:.3f} -> {after['recall@1']:.3f}"
                   f"   MRR {before['mrr']:.3f} -> {after['mrr']:.3f}", flush=True)
+        if rank == 0 and cfg.run.keep_best and evaluator.best:
+            b = evaluator.best
+            print(f"best {b['metric']} {b['value']:.4f} at step {b['step']}: weights in {run_dir / 'best'}", flush=True)
         write_status("done", cfg.train.steps)
         _finish(watchdog)
         return {"losses": losses, "final_dir": str(final_dir), "eval_before": before, "eval_after": after,
-                "start_step": start, "preempted": False, "engine": engine}
+                "best": evaluator.best, "start_step": start, "preempted": False, "engine": engine}
     except RuntimeError as exc:
         silent = watchdog.silent_ranks() if watchdog is not None else []
         if silent:
