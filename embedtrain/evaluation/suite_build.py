@@ -19,6 +19,7 @@ files and suite.json, and builds the whole suite.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -184,18 +185,26 @@ def _build_all(got: dict, seed: int, say, exclusion: Exclusion | None = None) ->
     return data, gensim_licence, exclusion.record(counts)
 
 
+def copy_deb_licences(got: dict, stage: Path, debs: dict[str, str], sources: dict) -> None:
+    """Each package's copyright file into stage/LICENSES/, and its .deb as the origin of sources[key]."""
+    from urllib.parse import unquote
+
+    for key, pkg in debs.items():
+        copyright_file = got["root"] / "usr" / "share" / "doc" / pkg / "copyright"
+        if not copyright_file.is_file():
+            raise SourceError(f"{copyright_file}: missing from {got['debs'][key].name}")
+        _atomic_write(stage / "LICENSES" / f"{pkg}.copyright", copyright_file.read_text("utf-8", "replace"))
+        if key in sources:
+            sources[key].update(origin=f"Debian package {unquote(got['debs'][key].name)}",
+                                licence_file=f"LICENSES/{pkg}.copyright")
+
+
 def _sources(got: dict, stage: Path, gensim_licence: bytes) -> dict:
     """SOURCES plus where each came from, with its copyright file copied under LICENSES/."""
     from urllib.parse import unquote
 
     sources = json.loads(json.dumps(SOURCES))
-    for key, pkg in DEBS.items():
-        copyright_file = got["root"] / "usr" / "share" / "doc" / pkg / "copyright"
-        if not copyright_file.is_file():
-            raise SourceError(f"{copyright_file}: missing from {got['debs'][key].name}")
-        _atomic_write(stage / "LICENSES" / f"{pkg}.copyright", copyright_file.read_text("utf-8", "replace"))
-        sources[key].update(origin=f"Debian package {unquote(got['debs'][key].name)}",
-                            licence_file=f"LICENSES/{pkg}.copyright")
+    copy_deb_licences(got, stage, DEBS, sources)
     _atomic_write(stage / "LICENSES" / "gensim.COPYING", gensim_licence.decode("utf-8", "replace"))
     sources["lee"].update(origin=f"PyPI wheel {got['wheel'].name}", licence_file="LICENSES/gensim.COPYING")
     release = got["release"]
@@ -205,15 +214,25 @@ def _sources(got: dict, stage: Path, gensim_licence: bytes) -> dict:
     return sources
 
 
-def _replace_dir(stage: Path, out: Path) -> None:
-    """Swap the finished suite into place, so a failed build never leaves a half-written one behind."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "suite")
-    os.replace(stage, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+@contextlib.contextmanager
+def staged_dir(out: Path):
+    """A folder beside out to write into; swapped into place when the block ends without error, removed
+    otherwise, so a failed build never leaves a half-written folder behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
+    stage.chmod(0o755)
+    try:
+        yield stage
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "previous")
+        os.replace(stage, out)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def build_suite(out_dir: str, work_dir: str | None = None, seed: int = 0, *, verbose: bool = True,
@@ -235,10 +254,7 @@ def build_suite(out_dir: str, work_dir: str | None = None, seed: int = 0, *, ver
         work.mkdir(parents=True, exist_ok=True)
         got = fetch_sources(work, say)
         data, gensim_licence, excluded = _build_all(got, seed, say, exclusion)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
-        stage.chmod(0o755)
-        try:
+        with staged_dir(out) as stage:
             entries = []
             for name, spec in TASKS.items():
                 entries.append(write_task_files(stage, name, splits=data[name], **spec))
@@ -248,10 +264,6 @@ def build_suite(out_dir: str, work_dir: str | None = None, seed: int = 0, *, ver
             manifest = write_manifest(stage, entries, sources=_sources(got, stage, gensim_licence), seed=seed,
                                       built={"seconds": round(time.time() - started, 1),
                                              "by": "embedtrain.evaluation.suite_build"}, excluded=excluded)
-            _replace_dir(stage, out)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
     return manifest
 
 

@@ -53,6 +53,21 @@ def _one(pattern: str, folder: Path, what: str) -> Path | None:
     return hits[0] if hits else None
 
 
+def fetch_deb(work: Path, pkg: str, root: Path, say=print, tag: str = "suite") -> Path:
+    """work/debs/<pkg>_*.deb (downloaded unless there), unpacked into root with `dpkg -x`."""
+    debs = work / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    deb = _one(f"{pkg}_*.deb", debs, pkg)
+    if deb is None:
+        say(f"[{tag}] apt-get download {pkg}", flush=True)
+        _apt(work, "download", pkg, cwd=debs)
+        deb = _one(f"{pkg}_*.deb", debs, pkg)
+        if deb is None:
+            raise SourceError(f"{debs}: apt-get download {pkg} produced no .deb")
+    _run(["dpkg", "-x", str(deb), str(root)])
+    return deb
+
+
 def fetch_sources(work: Path, say=print) -> dict:
     """Download (or find under work) every source; return their local paths and versions."""
     lists = work / "apt" / "lists"
@@ -71,15 +86,7 @@ def fetch_sources(work: Path, say=print) -> dict:
     debs, root = work / "debs", work / "root"
     debs.mkdir(parents=True, exist_ok=True)
     for key, pkg in DEBS.items():
-        deb = _one(f"{pkg}_*.deb", debs, pkg)
-        if deb is None:
-            say(f"[suite] apt-get download {pkg}", flush=True)
-            _apt(work, "download", pkg, cwd=debs)
-            deb = _one(f"{pkg}_*.deb", debs, pkg)
-            if deb is None:
-                raise SourceError(f"{debs}: apt-get download {pkg} produced no .deb")
-        _run(["dpkg", "-x", str(deb), str(root)])
-        out["debs"][key] = deb
+        out["debs"][key] = fetch_deb(work, pkg, root, say)
     wheel_dir = work / "wheel"
     wheel = _one("gensim-*.whl", wheel_dir, "gensim wheel") if wheel_dir.is_dir() else None
     if wheel is None:
