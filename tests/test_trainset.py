@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import pytest
 
@@ -308,8 +309,12 @@ def test_whole_build_writes_checked_lines_manifest_and_licences(tmp_path, monkey
     pairs = {t: e["pairs"] for t, e in manifest["tasks"].items() if e["pairs"]}
     assert pairs == {"debian_summary_description": 1, "foldoc_term_definition": 1, "gcide_definition_word": 1,
                      "wordnet_definition_lemma": 3, "python_api_doc": 1, "perl_doc_item": 1, "perl_doc_section": 2,
-                     "debian_faq_answer": 50, "devil_word_definition": 1}
-    assert manifest["total"] == 61 and manifest["holdout"]["leaks"] == 0
+                     "debian_faq_answer": 45, "devil_word_definition": 1}
+    assert manifest["total"] == 56 and manifest["holdout"]["leaks"] == 0
+    # held-out pairs: at most a tenth of a task (5 of the FAQ's 50), none of them in train.jsonl
+    held = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
+    assert len(held) == 5 == manifest["heldout"]["total"] and {r["task"] for r in held} == {"debian_faq_answer"}
+    assert not {r["query"] for r in held} & {json.loads(line)["query"] for line in (out / "train.jsonl").open()}
     assert manifest["tasks"]["wordnet_definition_lemma"]["held_out"] == 1  # lion
     assert manifest["sources"]["perl-doc"]["licence_file"] == "LICENSES/perl-doc.copyright"
     assert (out / "LICENSES" / "dict-devil.copyright").read_text() == "copyright of dict-devil\n"
@@ -323,7 +328,7 @@ def test_whole_build_writes_checked_lines_manifest_and_licences(tmp_path, monkey
     assert "lion" not in text and "play foo" not in text and "whatsnew" not in text and "perldelta" not in text
     assert "Jargon-style" not in text  # FOLDOC's Jargon File entries are left to dict-jargon's evaluation
     index = build_index([str(out / "train.jsonl")])  # what data.train does with the file
-    assert len(index) == 61 and set(index.tasks) == set(pairs)
+    assert len(index) == 56 and set(index.tasks) == set(pairs)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
     with pytest.raises(SourceError, match="not a training-set folder"):

@@ -128,8 +128,25 @@ def write_lines(rows: list[dict]) -> str:
     return "".join(lines)
 
 
+def split_heldout(rows: list[dict], per_task: int) -> tuple[list[dict], list[dict]]:
+    """The first per_task rows of each task (at most a tenth of it) as held-out pairs for eval.retrieval
+    (rows are shuffled already); the rest for training."""
+    sizes = {}
+    for r in rows:
+        sizes[r["task"]] = sizes.get(r["task"], 0) + 1
+    quota = {t: min(per_task, n // 10) for t, n in sizes.items()}
+    train, held = [], []
+    for r in rows:
+        if quota[r["task"]] > 0:
+            quota[r["task"]] -= 1
+            held.append(r)
+        else:
+            train.append(r)
+    return train, held
+
+
 def build_train_set(out_dir: str, work_dir: str | None = None, seed: int = 0, suite_dir: str | None = None,
-                    verbose: bool = True) -> dict:
+                    verbose: bool = True, heldout_per_task: int = 25) -> dict:
     say = print if verbose else (lambda *a, **k: None)
     out = Path(out_dir).resolve()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "manifest.json").is_file())):
@@ -150,6 +167,7 @@ def build_train_set(out_dir: str, work_dir: str | None = None, seed: int = 0, su
         rows, dropped = T.finish(kept, seed)
         checked = check_disjoint(rows, holdout)  # the guarantee, verified on exactly what is written
         random.Random(f"{seed}/order").shuffle(rows)
+        rows, heldout = split_heldout(rows, heldout_per_task)
         counts = {t: sum(r["task"] == t for r in rows) for t in T.TASKS}
         for task, n in counts.items():
             say(f"[trainset] {task}: {n} pairs ({held.get(task, 0)} held out, "
@@ -158,11 +176,14 @@ def build_train_set(out_dir: str, work_dir: str | None = None, seed: int = 0, su
         text = write_lines(rows)
         with staged_dir(out) as stage:
             _atomic_write(stage / "train.jsonl", text)
+            _atomic_write(stage / "heldout.jsonl", write_lines(heldout))
             manifest = {
                 "format": FORMAT_VERSION, "seed": seed, "files": ["train.jsonl"], "total": len(rows),
+                "heldout": {"file": "heldout.jsonl", "per_task": heldout_per_task, "total": len(heldout)},
                 "sha256": hashlib.sha256(text.encode()).hexdigest(),
                 "built": {"seconds": round(time.time() - started, 1), "by": BY},
-                "tasks": {t: {"pairs": counts[t], "source": T.TASKS[t][0], "instruction": T.TASKS[t][1],
+                "tasks": {t: {"pairs": counts[t], "heldout_pairs": sum(r["task"] == t for r in heldout),
+                              "source": T.TASKS[t][0], "instruction": T.TASKS[t][1],
                               "held_out": held.get(t, 0), **dropped.get(t, {"duplicates": 0, "capped": 0})}
                           for t in T.TASKS},
                 "holdout": {"suite_seed": suite_seed, "suite_dir": str(suite_dir) if suite_dir else None,
@@ -181,11 +202,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", "--work-dir", dest="work", help="keep the downloads here and reuse them "
                                                               "(default: a temporary folder)")
     ap.add_argument("--seed", type=int, default=0, help="sampling; also the suite seed held out when no --suite")
+    ap.add_argument("--heldout", type=int, default=25, help="pairs per task (at most a tenth of it) kept out of "
+                                                             "train.jsonl for eval.retrieval, in heldout.jsonl")
     ap.add_argument("--suite", default=None, help="a built suite folder: its test files are held out too, and its "
                                                   "seed replaces --seed for rebuilding its test splits")
     args = ap.parse_args(argv)
     try:
-        manifest = build_train_set(args.out_dir, args.work, args.seed, args.suite)
+        manifest = build_train_set(args.out_dir, args.work, args.seed, args.suite, heldout_per_task=args.heldout)
     except (SourceError, LeakError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
