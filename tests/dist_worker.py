@@ -26,12 +26,16 @@ GRADS = {  # name -> recipe overrides; one optimizer step on 8 examples split ov
     "grad_cache": ["objective.infonce.grad_cache=true", "data.max_tokens_per_batch=160"],
     "grad_symmetric": ["objective.infonce.symmetric=true"],
 }
+HELD = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "data" / "heldout.jsonl"
 TRAJ = {  # name -> overrides; 10 optimizer steps through the real trainer
     "z0": ["deepspeed.zero_stage=0"],
     "z1": ["deepspeed.zero_stage=1"],
     "z2": ["deepspeed.zero_stage=2"],
     "z3": ["deepspeed.zero_stage=3"],
     "z3_offload": ["deepspeed.zero_stage=3", "deepspeed.offload=true"],
+    # evaluation during training from ZeRO-3 shards (every rank's forwards), and best/ gathered from them
+    "z3_eval": ["deepspeed.zero_stage=3", f"eval.retrieval={HELD}", "eval.max_examples=24", "eval.every_steps=5",
+                "run.keep_best=true"],
     "z2_gradcache": ["deepspeed.zero_stage=2", "objective.infonce.grad_cache=true", "data.max_tokens_per_batch=160"],
     "z3_gradcache": ["deepspeed.zero_stage=3", "objective.infonce.grad_cache=true", "data.max_tokens_per_batch=160"],
     "z0_accum": ["deepspeed.zero_stage=0", "train.grad_accum=2", "train.batch_size=4"],

@@ -21,7 +21,7 @@ from embedtrain.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "quickstart" / "data" / "train.jsonl"
-SCENARIOS = ("grad_plain,grad_cache,grad_symmetric,z0,z1,z2,z3,z3_offload,z2_gradcache,z3_gradcache,z0_accum,"
+SCENARIOS = ("grad_plain,grad_cache,grad_symmetric,z0,z1,z2,z3,z3_offload,z3_eval,z2_gradcache,z3_gradcache,z0_accum,"
              "z2_accum,recon_z0,recon_z3,recon_micro,recon_whole,resume")
 
 
@@ -120,6 +120,22 @@ def test_zero_stages_same_trajectory(world2):
         assert len(r[name]) == 10 and worst <= 1e-5, f"{name} differs from ZeRO-0 by {worst}"
     worst = max(abs(a - b) for a, b in zip(r["z0_accum"], r["z2_accum"]))
     assert worst <= 1e-5, f"gradient accumulation: ZeRO-2 differs from ZeRO-0 by {worst}"
+
+
+def test_zero3_evaluation_during_training_and_keep_best(world2):
+    """World size 2, ZeRO-3: evaluating every 5 steps leaves the trajectory as it was, and best/ (gathered
+    from the shards) holds the weights of the best logged step's checkpoint."""
+    out, r = world2
+    assert max(abs(a - b) for a, b in zip(r["z3"], r["z3_eval"])) <= 1e-6
+    rows = [json.loads(line) for line in open(out / "z3_eval" / "metrics.jsonl")]
+    logged = {row["step"]: row["eval/retrieval/mrr"] for row in rows if "eval_time_s" in row}
+    assert list(logged) == [5, 10] and all(0 < v <= 1 for v in logged.values())
+    best = json.loads((out / "z3_eval" / "best.json").read_text())
+    top = max(logged.values())
+    assert best["step"] == min(s for s, v in logged.items() if v == top) and best["value"] == top
+    kept = load_file(str(out / "z3_eval" / "best" / "model.safetensors"))
+    ref = load_file(str(out / "z3_eval" / "checkpoints" / f"step{best['step']:08d}" / "weights" / "model.safetensors"))
+    assert kept.keys() == ref.keys() and all(torch.equal(kept[k], ref[k]) for k in ref)
 
 
 def test_reconstruction_zero3_equals_zero0(world2):
