@@ -32,7 +32,7 @@ def _train(args) -> int:
         resume = latest_tag(Path(cfg.run.output_dir) / "checkpoints") is not None
     try:
         result = train(cfg, origin, resume=resume)
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, RecipeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return REQUEUE_EXIT_CODE if result["preempted"] else 0
@@ -43,9 +43,12 @@ def _check(args) -> int:
     from embedtrain.config.loader import RecipeError, load_recipe
     from embedtrain.data.jsonl import DataError, build_index
 
+    from embedtrain.config.validate import check_eval_suite
+
     try:
-        cfg, _ = load_recipe(args.recipe, args.set or [])
+        cfg, origin = load_recipe(args.recipe, args.set or [])
         index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
+        check_eval_suite(cfg, origin)
     except (RecipeError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

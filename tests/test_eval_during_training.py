@@ -125,7 +125,6 @@ def test_best_holds_the_weights_of_the_best_logged_step(setup):
     (["run.keep_best=true"], "run.keep_best: needs evaluations to compare: set eval.every_steps"),
     (["eval.every_steps=2", "eval.retrieval=null"], "eval.every_steps: has nothing to score"),
     (["eval.every_steps=2", "eval.tasks=[MiniRetrieval]"], "eval.tasks: needs eval.suite"),
-    (["eval.every_steps=2", "eval.tasks=[Nope]", "eval.suite=SUITE"], "eval.tasks: not in"),
     (["eval.every_steps=2", "eval.best_metric=suite/mean"], "'suite/mean' is not a score this recipe's evaluation"),
 ])
 def test_bad_eval_settings_are_named(setup, sets, message):
@@ -133,3 +132,25 @@ def test_bad_eval_settings_are_named(setup, sets, message):
     sets = [s.replace("SUITE", str(root / "suite")) for s in sets]
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_recipe(str(root / "r.yaml"), sets)
+
+
+def test_suite_tasks_are_checked_with_the_data_before_a_model_loads(setup, tmp_path, capsys):
+    """A recipe may name a suite folder that is built later (shipped recipes do): load_recipe accepts it,
+    `embedtrain check` and training refuse a missing folder or an unknown task, naming the key."""
+    from embedtrain import cli
+
+    root, _ = setup
+    base = ["eval.every_steps=2", "eval.tasks=[MiniRetrieval]"]
+    load_recipe(str(root / "r.yaml"), base + [f"eval.suite={tmp_path / 'later'}"])
+    for extra, message in (([f"eval.suite={tmp_path / 'later'}"], "eval.suite: " + str(tmp_path / "later") +
+                            ": no suite.json (build it with: embedtrain build-eval-suite"),
+                           ([f"eval.suite={root / 'suite'}", "eval.tasks=[Nope]"], "eval.tasks: not in")):
+        sets = [a for s in base + extra for a in ("--set", s)]
+        assert cli.main(["check", str(root / "r.yaml"), *sets]) == 2
+        assert message in capsys.readouterr().err
+    proc = subprocess.run([sys.executable, "-m", "embedtrain", "train", str(root / "r.yaml"), "--set",
+                           "run.output_dir=missing", *[a for s in base for a in ("--set", s)], "--set",
+                           f"eval.suite={tmp_path / 'later'}"], env=_env(), capture_output=True, text=True,
+                          timeout=300, cwd=root)
+    assert proc.returncode == 2 and "error: " in proc.stderr and "no suite.json" in proc.stderr
+    assert "Loading weights" not in proc.stderr and "Traceback" not in proc.stderr

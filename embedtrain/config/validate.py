@@ -123,9 +123,6 @@ def metric_names(cfg: RecipeConfig) -> list[str]:
 
 def _validate_eval(cfg: RecipeConfig, origin: dict) -> None:
     """eval.every_steps / eval.tasks / run.keep_best: checked here, so a typo fails before a model loads."""
-    import json
-    from pathlib import Path
-
     ev = cfg.eval
     if ev.every_steps < 0:
         _fail(origin, "eval.every_steps", f"must be >= 0 (0: no evaluation during training), got {ev.every_steps}")
@@ -135,14 +132,6 @@ def _validate_eval(cfg: RecipeConfig, origin: dict) -> None:
     if ev.tasks:
         if not ev.suite:
             _fail(origin, "eval.tasks", "needs eval.suite: the offline suite folder (embedtrain build-eval-suite DIR)")
-        manifest = Path(ev.suite) / "suite.json"
-        if not manifest.is_file():
-            _fail(origin, "eval.suite", f"{ev.suite}: no suite.json (build it with: embedtrain build-eval-suite "
-                                        f"{ev.suite})")
-        known = json.loads(manifest.read_text()).get("tasks", {})
-        unknown = [t for t in ev.tasks if t not in known]
-        if unknown:
-            _fail(origin, "eval.tasks", f"not in {manifest}: {', '.join(unknown)}; it has {', '.join(sorted(known))}")
         if not ev.every_steps:
             _fail(origin, "eval.tasks", "are scored during training only: set eval.every_steps")
     if cfg.run.keep_best and not ev.every_steps:
@@ -154,3 +143,21 @@ def _validate_eval(cfg: RecipeConfig, origin: dict) -> None:
             key = "eval.best_metric" if ev.best_metric else "run.keep_best"
             _fail(origin, key, f"{best_metric(cfg)!r} is not a score this recipe's evaluation produces; "
                                f"one of: {', '.join(names)}")
+
+
+def check_eval_suite(cfg: RecipeConfig, origin: dict) -> None:
+    """eval.suite holds every task of eval.tasks. Checked with the data files (train start, `embedtrain
+    check`), not at load: a shipped recipe names a suite folder the user builds later."""
+    import json
+    from pathlib import Path
+
+    ev = cfg.eval
+    if not ev.tasks:
+        return
+    manifest = Path(ev.suite) / "suite.json"
+    if not manifest.is_file():
+        _fail(origin, "eval.suite", f"{ev.suite}: no suite.json (build it with: embedtrain build-eval-suite {ev.suite})")
+    known = json.loads(manifest.read_text()).get("tasks", {})
+    unknown = [t for t in ev.tasks if t not in known]
+    if unknown:
+        _fail(origin, "eval.tasks", f"not in {manifest}: {', '.join(unknown)}; it has {', '.join(sorted(known))}")

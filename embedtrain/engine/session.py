@@ -16,6 +16,7 @@ from embedtrain import distributed as D
 from embedtrain.config.schema import RecipeConfig
 from embedtrain.config.validate import objective_options
 from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, rank_slice
+from embedtrain.config.validate import check_eval_suite
 from embedtrain.data.jsonl import JsonlIndex, build_index
 from embedtrain.data.packing import TextTokenizer
 from embedtrain.engine.ds_config import batch_plan, build_ds_config
@@ -59,6 +60,7 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
     options = objective_options(cfg, origin)
     ds_config = build_ds_config(cfg, world)
     index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
+    check_eval_suite(cfg, origin)  # with the data files: before any model loads
     # One optimizer step = one same-task block of micro_global * gas examples, split into gas micro-batches;
     # the examples of a step do not depend on the world size.
     micro_global, gas = batch_plan(cfg, world)
