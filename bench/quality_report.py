@@ -124,6 +124,8 @@ def main(argv=None) -> int:
     record = json.loads((out / "scores.json").read_text())
     record["env"]["runs"] = {k: str(v) for k, v in _pairs(args.run, "--run").items()}
     record["notes"] = args.note
+    table = (out / "table.md").read_text().split("```json")[0]  # write_table's run record names its own columns
+    (out / "table.md").write_text(table + "```json\n" + json.dumps(record["env"], indent=1) + "\n```\n")
     if args.curve:
         c = curves(_pairs(args.curve, "--curve"))
         record["curves"] = c
