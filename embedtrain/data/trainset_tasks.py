@@ -13,7 +13,7 @@ from collections import defaultdict
 
 from embedtrain.evaluation.suite_catalog import DOC_WORDS
 from embedtrain.evaluation.suite_exclusion import norm_definition
-from embedtrain.evaluation.suite_tasks_data import GCIDE_REDIRECT, _clip, _foldoc_entry, _gcide_sense
+from embedtrain.evaluation.suite_tasks_data import _clip, _foldoc_entry, gcide_senses
 
 POSITIVE_WORDS = 80  # data.max_length is small (64-128 tokens): longer positives would mostly be cut anyway
 QUERY_WORDS = 48
@@ -82,22 +82,9 @@ def foldoc_rows(entries: list[tuple[list[str], str]]) -> list[dict]:
 
 def gcide_rows(entries: list[tuple[list[str], str]], lemmas: set[str]) -> list[dict]:
     """Webster 1913 first sense -> headword, for headwords still in use (WordNet lemmas), as the suite reads them."""
-    out, seen = [], set()
-    for words, text in entries:
-        for word in words:
-            w = word.lower()
-            if w in seen or not re.fullmatch(r"[a-z]{3,}", w) or w not in lemmas:
-                continue
-            sense = _gcide_sense(word, text)
-            # a bracket left in the sense is the tail of an etymology the reader did not skip
-            if not sense or not 4 <= len(sense.split()) <= 60 or GCIDE_REDIRECT.match(sense) or "]" in sense:
-                continue
-            stem = w[:max(4, min(6, len(w) - 2))]
-            if any(t.startswith(stem) for t in re.findall(r"[a-z]+", sense.lower())):
-                continue  # a definition naming its own word teaches string matching
-            seen.add(w)
-            out.append(row("gcide_definition_word", sense, w, [("word", w), ("text", sense)]))
-    return out
+    # a bracket left in the sense is the tail of an etymology the reader did not skip
+    return [row("gcide_definition_word", sense, w, [("word", w), ("text", sense)])
+            for w, sense in gcide_senses(entries, lemmas, min_letters=3, min_words=4, keep=lambda s: "]" not in s)]
 
 
 def wordnet_rows(syn: dict, seed: int, n_negatives: int = 3) -> list[dict]:

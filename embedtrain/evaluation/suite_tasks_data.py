@@ -149,27 +149,38 @@ def _gcide_sense(word: str, text: str) -> str | None:
     return " ".join(sense.split()).strip(" ;,")
 
 
-def build_gcide(entries: list[tuple[list[str], str]], lemmas: set[str], seed: int,
-                exclude: Exclusion | None = None) -> tuple[dict, dict]:
-    """The reverse-dictionary task, and how many usable words were left out as lemmas of exclude."""
-    rows, seen, excluded = [], set(), 0
+def gcide_senses(entries: list[tuple[list[str], str]], lemmas: set[str], min_letters: int = 4,
+                 min_words: int = 5, keep=None):
+    """(word, first sense) per headword, once: WordNet lemmas only (words still in use), min_letters
+    letters or more, a sense of min_words..60 words that is no redirect and does not name its own word.
+    keep(sense) -> bool filters further (the training set drops etymology tails)."""
+    seen = set()
     for words, text in entries:
         for word in words:
             w = word.lower()
-            # WordNet lemmas only: keeps the vocabulary to words still in use
-            if w in seen or not re.fullmatch(r"[a-z]{4,}", w) or w not in lemmas:
+            if w in seen or not re.fullmatch(rf"[a-z]{{{min_letters},}}", w) or w not in lemmas:
                 continue
             sense = _gcide_sense(word, text)
-            if not sense or not 5 <= len(sense.split()) <= 60 or GCIDE_REDIRECT.match(sense):
+            if not sense or not min_words <= len(sense.split()) <= 60 or GCIDE_REDIRECT.match(sense):
+                continue
+            if keep is not None and not keep(sense):
                 continue
             stem = w[:max(4, min(6, len(w) - 2))]
             if any(t.startswith(stem) for t in re.findall(r"[a-z]+", sense.lower())):
                 continue  # a definition naming its own word is a string match, not a semantic one
             seen.add(w)
-            if exclude is not None and exclude.has_lemma(w):
-                excluded += 1
-                continue
-            rows.append((w, sense, w))
+            yield w, sense
+
+
+def build_gcide(entries: list[tuple[list[str], str]], lemmas: set[str], seed: int,
+                exclude: Exclusion | None = None) -> tuple[dict, dict]:
+    """The reverse-dictionary task, and how many usable words were left out as lemmas of exclude."""
+    rows, excluded = [], 0
+    for w, sense in gcide_senses(entries, lemmas):
+        if exclude is not None and exclude.has_lemma(w):
+            excluded += 1
+            continue
+        rows.append((w, sense, w))
     data = {"EmbedtrainGcideRetrieval": _retrieval(rows, random.Random(f"{seed}/EmbedtrainGcideRetrieval"),
                                                    N_CORPUS["gcide"])}
     return data, {"EmbedtrainGcideRetrieval": {"words": excluded, "usable": len(rows) + excluded}}
