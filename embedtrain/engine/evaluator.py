@@ -40,6 +40,7 @@ class Evaluator:
             self.best = json.loads((run_dir / BEST).read_text())
         self._examples = None
         self._tasks = None
+        self._suite_encoder = None  # built once: its dimension probe is a forward, its instructions a file read
 
     def due(self, step: int) -> bool:
         every = self.cfg.eval.every_steps
@@ -96,10 +97,11 @@ class Evaluator:
             return {}
         if self._tasks is None:
             self._tasks = resolve_tasks(self.cfg.eval.tasks, self.cfg.eval.suite)
+            self._suite_encoder = self._encoder()
         out = Path(tempfile.mkdtemp(prefix=f"embedtrain-eval-rank{rank()}-"))
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the per-task table; the step's log line says it
-                scores = evaluate_encoder(self._encoder(), self._tasks, out, "training")
+                scores = evaluate_encoder(self._suite_encoder, self._tasks, out, "training")
         finally:
             shutil.rmtree(out, ignore_errors=True)
         row = {f"suite/{name}": value for name, value in scores.items()}
