@@ -63,9 +63,10 @@ class Embedder:
 
     def __init__(self, model, text_format, meta: dict, device: torch.device):
         self.model, self.text, self.meta, self.device = model, text_format, meta, device
+        from embedtrain.model.compression_io import reserved_positions
+
         # positions a text may use: a compression run's special tokens follow every text
-        reserved = meta["thought_tokens"] + meta["compression_tokens"] if meta.get("kind") == "compression" else 0
-        self.model_max_length = trained_context(model.lm.config) - reserved
+        self.model_max_length = trained_context(model.lm.config) - reserved_positions(meta)
         self.model.eval()
 
     @property
@@ -150,10 +151,10 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: str 
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("bfloat16" if device.type == "cuda" else meta.get("dtype", "float32"))
     if meta.get("kind") == "compression":
-        from embedtrain.model.compression_io import load_compression_run, text_format
+        from embedtrain.model.compression_io import load_compression_run, reserved_positions, text_format
 
         model, tokenizer, meta = load_compression_run(final, device, dtype=dtype)
-        n = meta["thought_tokens"] + meta["compression_tokens"]
+        n = reserved_positions(meta)
         meta = dict(meta, training_max_length=meta["max_length"],
                     max_length=inference_max_length(meta, model.lm.config, max_length, n, f"load({str(path)!r})"))
         return Embedder(model, text_format(model, tokenizer, meta), meta, device)

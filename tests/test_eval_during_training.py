@@ -71,6 +71,10 @@ def test_evaluation_does_not_change_training(setup):
     assert [r["loss"] for r in evaluated] == [r["loss"] for r in plain]
     assert [r["step"] for r in evaluated if "eval_time_s" in r] == [2, 4, 6]
     assert not any(k.startswith("eval") for r in plain for k in r)
+    # the last step's held-out scores are eval.json's "after" (not encoded again), equal to the plain run's
+    after = json.loads((root / "evaluated" / "eval.json").read_text())["after"]
+    assert after == pytest.approx(json.loads((root / "plain" / "eval.json").read_text())["after"], abs=1e-6)
+    assert "after training" not in setup[1].stderr + setup[1].stdout
     for r in evaluated:
         if "eval_time_s" in r:
             assert r["eval_time_s"] > 0 and {"eval/retrieval/mrr", "eval/retrieval/recall@1",

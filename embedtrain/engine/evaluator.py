@@ -41,6 +41,7 @@ class Evaluator:
         self._examples = None
         self._tasks = None
         self._suite_encoder = None  # built once: its dimension probe is a forward, its instructions a file read
+        self.last_retrieval: tuple[int, dict | None] | None = None  # (step, held-out scores) of the latest step()
 
     def due(self, step: int) -> bool:
         every = self.cfg.eval.every_steps
@@ -114,6 +115,7 @@ class Evaluator:
         t0 = time.perf_counter()
         scores = {}
         got = self.retrieval(f"at step {step}")
+        self.last_retrieval = (step, got)
         if got is not None:
             scores.update({f"retrieval/{k}": v for k, v in got.items() if k != "n"})
         scores.update(self.suite())

@@ -95,7 +95,9 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                         "start_step": start, "preempted": preempted, "engine": engine}
         metrics_log.close()
         final_dir = save_final(engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged, options)
-        after = evaluator.retrieval("after training")
+        # the last step's evaluation scored these same weights: reused, not encoded again
+        last = evaluator.last_retrieval
+        after = last[1] if last and last[0] == cfg.train.steps else evaluator.retrieval("after training")
         if rank == 0 and (before or after):
             atomic_write_text(run_dir / "eval.json", json.dumps({"before": before, "after": after}, indent=1))
         if rank == 0 and before and after:

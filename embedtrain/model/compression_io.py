@@ -18,6 +18,11 @@ from embedtrain.model.compression import CompressionHead, CompressionText, embed
 WEIGHTS = "compression.safetensors"
 
 
+def reserved_positions(meta: dict) -> int:
+    """Positions a compression run's special tokens take after every text (0 for any other run)."""
+    return meta["thought_tokens"] + meta["compression_tokens"] if meta.get("kind") == "compression" else 0
+
+
 def save_compression_final(state: dict[str, torch.Tensor], head: CompressionHead, cfg, family: str, tokenizer,
                            out: Path, options) -> None:
     from embedtrain.model.embedder import resolve_weights
