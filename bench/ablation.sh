@@ -18,9 +18,14 @@ CURVE=(--set eval.every_steps=20)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 mkdir -p "$WORK"
 
-score() {  # score NAME RUN_DIR: export the run and score it on the suite
-  embedtrain export "$2" "$WORK/$1.export"
-  embedtrain eval "$WORK/$1.export" --suite "$SUITE" --output "$WORK/$1.eval" --tasks "${TASKS[@]}"
+score() {  # score NAME RUN_DIR: export the run and score the export on the suite
+  local scored="$WORK/$1.export"
+  if [ "$1" = bidirectional ]; then
+    scored=$2  # export refuses bidirectional runs (stock sentence-transformers attends causally): embedtrain.load
+  else
+    embedtrain export "$2" "$scored"
+  fi
+  embedtrain eval "$scored" --suite "$SUITE" --output "$WORK/$1.eval" --tasks "${TASKS[@]}"
 }
 
 infonce() {  # infonce NAME [--set k=v ...]: the quickstart with overrides
@@ -34,7 +39,10 @@ run_one() {
   case $1 in
     reference) infonce reference ;;
     pool_last) infonce pool_last --set model.pooling=last ;;
-    bidirectional) infonce bidirectional --set model.attention=bidirectional ;;
+    bidirectional)
+      [ -f "$WORK/bidirectional/final/embedtrain.json" ] || embedtrain train "$QS" "${CURVE[@]}" \
+        --set run.output_dir="$WORK/bidirectional" --set model.attention=bidirectional
+      score bidirectional "$WORK/bidirectional" ;;
     full_ft) infonce full_ft --set model.lora.enabled=false --set train.lr=5e-5 ;;
     tau_0.05) infonce tau_0.05 --set objective.infonce.temperature=0.05 ;;
     no_hard_neg) infonce no_hard_neg --set data.max_negatives=0 ;;
