@@ -20,11 +20,7 @@ mkdir -p "$WORK"
 
 score() {  # score NAME RUN_DIR: export the run and score the export on the suite
   local scored="$WORK/$1.export"
-  if [ "$1" = bidirectional ]; then
-    scored=$2  # export refuses bidirectional runs (stock sentence-transformers attends causally): embedtrain.load
-  else
-    embedtrain export "$2" "$scored"
-  fi
+  embedtrain export "$2" "$scored"
   embedtrain eval "$scored" --suite "$SUITE" --output "$WORK/$1.eval" --tasks "${TASKS[@]}"
 }
 

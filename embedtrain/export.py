@@ -6,6 +6,8 @@ only, so the folder needs no embedtrain to load:
   training formatted texts) -> Pooling (lasttoken = the EOS state, or mean without the prompt tokens)
   -> Normalize. Prompts carry the chat-template prefix and each instruction: `document` is the
   default prompt, `query` / one per training task hold the instructions.
+Bidirectional runs (model.attention: bidirectional) swap the Transformer module for
+embedtrain.st_modules.BidirectionalTransformer (a padding-only 4D mask), so loading needs embedtrain.
 Compression runs add their K tokens to the vocabulary (rows written into the embedding matrix), the
 tokenizer appends them to every text, and the two maps become Dense layers after a pooling module
 that averages the last n states (embedtrain.st_modules, so loading needs embedtrain installed):
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -59,6 +62,7 @@ def export(run_dir: str | Path, out_dir: str | Path, max_length: int | None = No
     from sentence_transformers import SentenceTransformer
 
     from embedtrain.model.embedder import load_tokenizer
+    from embedtrain.st_modules import BidirectionalTransformer
     from embedtrain.st_modules import st_models as models
 
     final = find_final(run_dir)
@@ -74,16 +78,15 @@ def export(run_dir: str | Path, out_dir: str | Path, max_length: int | None = No
         tokenizer.pad_token = family.eos_token
     if meta.get("kind") == "compression":
         return _export_compression(final, meta, tokenizer, family, bos, out, tmp, max_length, run_dir)
-    if meta["attention"] != "causal":
-        raise ValueError(f"{final}: bidirectional runs cannot be expressed with stock sentence-transformers "
-                         "modules (a plain transformers model attends causally); use embedtrain.load()")
     lm = _load_lm(final, meta)
     meta = _with_inference_length(meta, lm.config, max_length, 0, run_dir)
     suffix = tokenizer(family.suffix, add_special_tokens=False)["input_ids"] if family.suffix else []
     _post_processor(tokenizer, bos, suffix + [vocab[family.eos_token]])
     lm.save_pretrained(str(hf_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(hf_dir))
-    transformer = models.Transformer(str(hf_dir), max_seq_length=meta["inference_max_length"])
+    # a plain transformers model attends causally: bidirectional runs need embedtrain's module to load
+    transformer_cls = models.Transformer if meta["attention"] == "causal" else BidirectionalTransformer
+    transformer = transformer_cls(str(hf_dir), max_seq_length=meta["inference_max_length"])
     mode = "lasttoken" if meta["pooling"] == "last" else "mean"
     dim = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
     pooling = models.Pooling(dim, pooling_mode=mode, include_prompt=False)
@@ -99,8 +102,6 @@ def export(run_dir: str | Path, out_dir: str | Path, max_length: int | None = No
 
 
 def _save(st, meta: dict, out: Path, tmp: Path, hf_dir: Path) -> Path:
-    import shutil
-
     st.save(str(tmp))
     shutil.rmtree(hf_dir, ignore_errors=True)
     (tmp / META).write_text(json.dumps(dict(meta, exported=True), indent=1))
@@ -144,4 +145,6 @@ def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[in
     prompts = {task: fmt.format(instruction=inst) for task, inst in (meta.get("instructions") or {}).items()}
     st = SentenceTransformer(modules=[transformer, LastTokensMean(hidden, n), recon, align, models.Normalize()],
                              prompts=prompts or None)
+    # the trained head beside the ST modules: embedtrain.load / eval / decode of the export read it
+    shutil.copy2(final / WEIGHTS, tmp / WEIGHTS)
     return _save(st, meta, out, tmp, hf_dir)

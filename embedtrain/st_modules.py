@@ -2,6 +2,8 @@
 
 LastTokensMean: mean of the last `num_tokens` real tokens' states, the pooling of compression-token
 models (their n compression tokens close every text). Left or right padding both work.
+BidirectionalTransformer: the stock Transformer module reading a decoder without its causal mask (runs
+trained with model.attention: bidirectional).
 """
 from __future__ import annotations
 
@@ -34,3 +36,16 @@ class LastTokensMean(Module):
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
         self.save_config(output_path)
+
+
+class BidirectionalTransformer(st_models.Transformer):
+    """Every token attends to every real token of its own text. transformers takes a 4D mask as given, so a
+    (B, 1, T, T) mask that hides only padding keys removes the causal mask without patching the model;
+    padded query rows still see real keys (no empty softmax). Pooling keeps the 2D mask in features."""
+
+    def forward(self, features: dict, **kwargs) -> dict:
+        mask_BT = features.get("attention_mask")
+        if mask_BT is not None and "attention_mask" not in kwargs:
+            T = mask_BT.shape[1]
+            kwargs["attention_mask"] = mask_BT.bool()[:, None, None, :].expand(-1, 1, T, T)
+        return super().forward(features, **kwargs)

@@ -52,12 +52,17 @@ def load_compression_run(path: str | Path, device: torch.device | None = None, d
     meta = json.loads((final / "embedtrain.json").read_text())
     if meta.get("kind") != "compression":
         raise ValueError(f"{final} is not a compression run (decode needs compression tokens)")
-    if not Path(meta["base_model"]).is_dir():
+    if not (final / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{final}: no {WEIGHTS} (the trained special tokens and maps); re-export the "
+                                "run with this embedtrain, or point at the run's final/ folder")
+    # An export carries its backbone (with the K rows appended, unused here: the head injects them).
+    backbone = final if meta.get("exported") else Path(meta["base_model"])
+    if not meta.get("exported") and not backbone.is_dir():
         raise FileNotFoundError(f"{final}/embedtrain.json: base model {meta['base_model']} not found; the run "
                                 "holds only the compression tokens and needs its frozen base weights")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(str(final))
-    model = build_model(ModelConfig(path=meta["base_model"], family=meta["family"], dtype=dtype or meta["dtype"]),
+    model = build_model(ModelConfig(path=str(backbone), family=meta["family"], dtype=dtype or meta["dtype"]),
                         tokenizer, device)
     state = load_file(str(final / WEIGHTS))
     hidden = state["special.weight"].shape[1]
@@ -79,6 +84,9 @@ def decode_text(model, tokenizer, text: str, instruction: str | None, max_new_to
     """Greedy decoding from the soft prompts alone (no query tokens): what the embedding holds."""
     from embedtrain.model.attention import IMPL_NAME
 
+    if meta.get("exported") and not getattr(model.lm.config, "tie_word_embeddings", False):
+        raise ValueError("decoding needs the LM head, which an export leaves out for a base model with untied "
+                         "output embeddings: decode from the run's final/ folder instead")
     fmt = text_format(model, tokenizer, meta)
     device = next(model.parameters()).device
     _, p_NnH = embed_texts(model, model.compression, fmt, [text], [instruction], 0, device)
