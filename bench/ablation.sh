@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Ablation and learning curves (issue 13): the InfoNCE quickstart (recipes/quickstart/smollm2_wordnet.yaml:
 # SmolLM2-135M-Instruct, mean pooling, LoRA r16, tau 0.02, one co-hyponym negative, 60 steps x 16) with one
-# setting changed per run, plus the anchor (stage I + II) and compression quickstarts. Every run logs
+# setting changed per run, plus the anchor (stage I + II) and compression quickstarts, and the compression
+# recipe on requests from the ten-task set (recipes/cpu/compression_mix.yaml; needs data/trainset). Every run logs
 # held-out retrieval every 20 steps (the curve), is exported, and is scored by `embedtrain eval --suite`
 # on the eight offline-suite tasks. Runs one at a time (two torch processes on 2 cores stall each other).
 #   bash bench/ablation.sh WORK [NAME ...]      (default: every run below; finished runs are skipped)
@@ -15,6 +16,7 @@ QS=recipes/quickstart/smollm2_wordnet.yaml
 TASKS=(EmbedtrainDebianRetrieval EmbedtrainFoldocRetrieval EmbedtrainGcideRetrieval EmbedtrainWordNetReranking
        EmbedtrainLeeSTS EmbedtrainDebianSectionClassification EmbedtrainWordNetClustering EmbedtrainFoldocClustering)
 CURVE=(--set eval.every_steps=20)
+WALIGN=${WALIGN:-384}  # compression_mix_walign: L_align as the squared distance summed over the teacher's 384 dims
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 mkdir -p "$WORK"
 
@@ -52,20 +54,29 @@ run_one() {
       local pooling=last
       [ "$1" = anchor_mean ] && pooling=mean
       embedtrain train recipes/quickstart/anchor_stage2.yaml --set run.output_dir="$WORK/$1" "${CURVE[@]}" \
-        --set model.init_from="$WORK/anchor_stage1" --set model.pooling=$pooling
+        --set model.init_from="$WORK/anchor_stage1" --set model.pooling=$pooling  # both explicit: the shipped stage II pools the mean
       score "$1" "$WORK/$1" ;;
     compression)
       embedtrain generate recipes/quickstart/compression.yaml --set generate.output_dir="$WORK/generated"
       embedtrain train recipes/quickstart/compression.yaml --set run.output_dir="$WORK/compression" "${CURVE[@]}" \
         --set "data.train=[$WORK/generated]"
       score compression "$WORK/compression" ;;
+    compression_mix|compression_mix_walign)  # 900 requests from the ten-task set (recipes/cpu/compression_mix.yaml)
+      [ -f data/compression_queries/queries.jsonl ] || python recipes/cpu/build_compression_queries.py data/trainset \
+        data/compression_queries
+      embedtrain generate recipes/cpu/compression_mix.yaml --set generate.output_dir="$WORK/generated_mix"
+      local extra=()
+      [ "$1" = compression_mix_walign ] && extra=(--set "objective.compression.w_align=$WALIGN")
+      embedtrain train recipes/cpu/compression_mix.yaml --set run.output_dir="$WORK/$1" \
+        --set "data.train=[$WORK/generated_mix]" "${extra[@]}"
+      score "$1" "$WORK/$1" ;;
     *) echo "unknown run $1" >&2; return 2 ;;
   esac
 }
 
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(reference bidirectional full_ft tau_0.05 no_hard_neg mined_neg anchor_eos anchor_mean
-                                 compression pool_last)
+                                 compression pool_last compression_mix compression_mix_walign)
 for name in "${names[@]}"; do
   if [ -f "$WORK/$name.eval/scores.json" ]; then echo "ablation: $name done, skipped"; continue; fi
   echo "ablation: $name starts $(date -u +%H:%M:%S)"

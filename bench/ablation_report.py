@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from run_log import read_run_log  # noqa: E402
 
 # name -> (factor, setting, the run it is compared with)
 RUNS = {
@@ -31,6 +35,10 @@ RUNS = {
     "anchor_mean": ("anchor stage I + II", "stage I (EOS anchor) + stage II with mean pooling", "reference"),
     "compression": ("compression tokens", "LLM2Vec-Gen quickstart: 2 + 8 tokens, frozen LLM, MiniLM teacher",
                     "teacher_minilm"),
+    "compression_mix": ("compression data", "900 requests from the ten-task set (question / summary / paraphrase), "
+                        "112 steps", "compression"),
+    "compression_mix_walign": ("compression loss weights", "as compression_mix, w_align 384 (L_align summed over "
+                               "the 384 teacher dims)", "compression_mix"),
 }
 
 
@@ -42,12 +50,10 @@ def curve(run: Path) -> dict | None:
     """Held-out retrieval by step: step 0 from eval.json's before, then every eval row of metrics.jsonl."""
     if not (run / "metrics.jsonl").is_file():
         return None
-    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
-    evals = [r for r in rows if "eval/retrieval/mrr" in r]
-    before = json.loads((run / "eval.json").read_text()).get("before") if (run / "eval.json").is_file() else None
+    steps, evals, before = read_run_log(run)
     points = ([{"step": 0, "mrr": before["mrr"], "recall@1": before.get("recall@1")}] if before else []) + [
-        {"step": r["step"], "mrr": r["eval/retrieval/mrr"], "recall@1": r.get("eval/retrieval/recall@1")} for r in evals]
-    steps = [r for r in rows if "loss" in r]
+        {"step": r["step"], "mrr": r["eval/retrieval/mrr"], "recall@1": r.get("eval/retrieval/recall@1")}
+        for r in evals if "eval/retrieval/mrr" in r]
     return {"points": points, "final_loss": steps[-1]["loss"] if steps else None,
             "train_s": sum(r.get("step_time_s", 0.0) for r in steps) or None}
 

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from run_log import read_run_log  # noqa: E402
+
 
 def _pairs(items: list[str], flag: str) -> dict[str, Path]:
     out = {}
@@ -37,11 +39,10 @@ def curves(runs: dict[str, Path]) -> dict[str, dict]:
     """name -> {"steps": [...], "<key>": [...]} from the eval rows of each run's metrics.jsonl."""
     got = {}
     for name, run in runs.items():
-        rows = [json.loads(line) for line in open(run / "metrics.jsonl") if "eval_time_s" in line]
+        _, rows, before = read_run_log(run)
         keys = sorted({k for r in rows for k in r if k.startswith("eval/")})
         got[name] = {"steps": [r["step"] for r in rows], **{k: [r.get(k) for r in rows] for k in keys},
                      "eval_time_s": [r["eval_time_s"] for r in rows]}
-        before = json.loads((run / "eval.json").read_text()).get("before") if (run / "eval.json").is_file() else None
         if before:  # eval.retrieval on the untrained model: the curve's step 0
             got[name]["retrieval_before"] = {"step": 0, **before}
     return got
