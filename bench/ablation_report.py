@@ -4,10 +4,12 @@ of bench/results/quality_*, the two paper-claim checks, and held-out learning cu
 
   python bench/ablation_report.py --work /tmp/abl --baselines bench/results/quality_20261203 \
       --out bench/results/ablation_20261203 [--reuse pool_last=bench/results/quality_20261203/scores.json:quickstart_eos_as_was]
+      [--earlier bench/results/ablation_20261203/ablation.json]
 
 WORK/NAME.eval/scores.json is `embedtrain eval --suite` of the exported run, WORK/NAME/metrics.jsonl and
 eval.json its training log. --reuse takes a run's suite scores from an earlier report instead (its curve
-is then missing); the report says so.
+is then missing); --earlier takes whole runs (scores and curves) from an earlier ablation.json, for runs
+WORK does not hold; the report names the source of each.
 """
 from __future__ import annotations
 
@@ -92,6 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--baselines", required=True, help="a bench/results/quality_* folder (base_mean, tfidf, ...)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--reuse", action="append", default=[], help="NAME=REPORT_SCORES_JSON:COLUMN")
+    ap.add_argument("--earlier", action="append", default=[],
+                    help="an earlier ablation.json: its runs (scores and curves) fill in runs WORK does not have")
     ap.add_argument("--note", action="append", default=[])
     args = ap.parse_args(argv)
     work, out = Path(args.work), Path(args.out)
@@ -103,17 +107,24 @@ def main(argv=None) -> int:
         name, _, src = item.partition("=")
         path, _, column = src.rpartition(":")
         reused[name] = (json.loads(Path(path).read_text())["scores"][column], f"{path}:{column}")
+    earlier = {}
+    for path in args.earlier:
+        for name, run in json.loads(Path(path).read_text())["runs"].items():
+            earlier.setdefault(name, dict(run, source=f"{path} ({run.get('source', 'this run')})"))
     runs = {}
     for name, (factor, setting, against) in RUNS.items():
         done = work / f"{name}.eval" / "scores.json"
+        run_curve = None
         if done.is_file():
-            scores, source = json.loads(done.read_text()), "this run"
+            scores, source, run_curve = json.loads(done.read_text()), "this run", curve(work / name)
         elif name in reused:
             scores, source = reused[name]
+        elif name in earlier:
+            scores, source, run_curve = earlier[name]["scores"], earlier[name]["source"], earlier[name].get("curve")
         else:
             continue
         runs[name] = {"factor": factor, "setting": setting, "compared_with": against, "scores": scores,
-                      "mean": _mean(scores), "source": source, "curve": curve(work / name) if done.is_file() else None}
+                      "mean": _mean(scores), "source": source, "curve": run_curve}
     everything = {**runs, **{b: {"scores": s, "mean": _mean(s)} for b, s in baselines.items()}}
     lines = ["| run | factor | setting | suite mean | vs | delta | tasks up | held-out MRR before -> after |",
              "|---|---|---|---|---|---|---|---|"]
@@ -123,7 +134,8 @@ def main(argv=None) -> int:
         up = f"{sum(r['scores'][t] > vs['scores'][t] for t in r['scores'])}/{len(r['scores'])}" if vs else ""
         p = (r["curve"] or {}).get("points") or []
         held = f"{p[0]['mrr']:.3f} -> {p[-1]['mrr']:.3f}" if len(p) > 1 else "(earlier run)"
-        lines.append(f"| {name} | {r['factor']} | {r['setting']} | **{r['mean']:.3f}** | "
+        tag = "" if r["source"] == "this run" else " \\*"
+        lines.append(f"| {name}{tag} | {r['factor']} | {r['setting']} | **{r['mean']:.3f}** | "
                      f"{r['compared_with'] or ''} | {delta} | {up} | {held} |")
     names = list(everything)
     tasks = list(baselines["base_mean"])
@@ -141,12 +153,16 @@ def main(argv=None) -> int:
                                     text=True).stdout.strip(),
            "cpus": __import__("os").cpu_count(), "torch": torch.__version__,
            "transformers": transformers.__version__, "baselines": args.baselines,
-           "reused": {k: v[1] for k, v in reused.items()}}
+           "reused": {k: v[1] for k, v in reused.items()},
+           "from_earlier_reports": {k: r["source"] for k, r in runs.items() if r["source"] != "this run"
+                                    and k not in reused}}
     (out / "ablation.json").write_text(json.dumps({"runs": runs, "baselines": baselines, "env": env,
                                                     "notes": args.note}, indent=1))
     text = "\n".join(lines) + "\n\n```json\n" + json.dumps(env, indent=1) + "\n```\n"
-    if args.note:
-        text += "\n" + "\n".join(f"- {n}" for n in args.note) + "\n"
+    notes = args.note + (["\\* scored in an earlier report, same suite revision (`from_earlier_reports` above)"]
+                         if env["from_earlier_reports"] or reused else [])
+    if notes:
+        text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     (out / "table.md").write_text(text)
     plots(runs, baselines, out)
     print(text)
