@@ -16,7 +16,7 @@ QS=recipes/quickstart/smollm2_wordnet.yaml
 TASKS=(EmbedtrainDebianRetrieval EmbedtrainFoldocRetrieval EmbedtrainGcideRetrieval EmbedtrainWordNetReranking
        EmbedtrainLeeSTS EmbedtrainDebianSectionClassification EmbedtrainWordNetClustering EmbedtrainFoldocClustering)
 CURVE=(--set eval.every_steps=20)
-WALIGN=${WALIGN:-384}  # compression_mix_walign: L_align as the squared distance summed over the teacher's 384 dims
+WALIGN=${WALIGN:-384}  # *_walign: L_align as the squared distance summed over the teacher's 384 dims
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 mkdir -p "$WORK"
 
@@ -56,19 +56,31 @@ run_one() {
       embedtrain train recipes/quickstart/anchor_stage2.yaml --set run.output_dir="$WORK/$1" "${CURVE[@]}" \
         --set model.init_from="$WORK/anchor_stage1" --set model.pooling=$pooling  # both explicit: the shipped stage II pools the mean
       score "$1" "$WORK/$1" ;;
-    compression)
+    compression|compression_walign)  # the quickstart with L_align weighted 1 (the paper's) or 384
+      local weight=1
+      [ "$1" = compression_walign ] && weight=$WALIGN
       embedtrain generate recipes/quickstart/compression.yaml --set generate.output_dir="$WORK/generated"
-      embedtrain train recipes/quickstart/compression.yaml --set run.output_dir="$WORK/compression" "${CURVE[@]}" \
-        --set "data.train=[$WORK/generated]"
-      score compression "$WORK/compression" ;;
+      embedtrain train recipes/quickstart/compression.yaml --set run.output_dir="$WORK/$1" "${CURVE[@]}" \
+        --set "data.train=[$WORK/generated]" --set "objective.compression.w_align=$weight"
+      score "$1" "$WORK/$1" ;;
     compression_mix|compression_mix_walign)  # 900 requests from the ten-task set (recipes/cpu/compression_mix.yaml)
       [ -f data/compression_queries/queries.jsonl ] || python recipes/cpu/build_compression_queries.py data/trainset \
         data/compression_queries
       embedtrain generate recipes/cpu/compression_mix.yaml --set generate.output_dir="$WORK/generated_mix"
-      local extra=()
-      [ "$1" = compression_mix_walign ] && extra=(--set "objective.compression.w_align=$WALIGN")
+      local weight=1
+      [ "$1" = compression_mix_walign ] && weight=$WALIGN  # the shipped recipe
       embedtrain train recipes/cpu/compression_mix.yaml --set run.output_dir="$WORK/$1" \
-        --set "data.train=[$WORK/generated_mix]" "${extra[@]}"
+        --set "data.train=[$WORK/generated_mix]" --set "objective.compression.w_align=$weight"
+      score "$1" "$WORK/$1" ;;
+    compression_mix_self)  # the paper's kind of teacher: the same backbone, untrained, mean pooling (causal)
+      [ -f data/compression_queries/queries.jsonl ] || python recipes/cpu/build_compression_queries.py data/trainset \
+        data/compression_queries
+      local teacher=(--set teacher.path=models/smollm2-135m-instruct --set teacher.kind=hf
+                     --set teacher.pooling=mean --set teacher.attention=causal)
+      embedtrain generate recipes/cpu/compression_mix.yaml --set generate.output_dir="$WORK/generated_mix_self" \
+        "${teacher[@]}"
+      embedtrain train recipes/cpu/compression_mix.yaml --set run.output_dir="$WORK/$1" \
+        --set "data.train=[$WORK/generated_mix_self]" "${teacher[@]}" --set objective.compression.w_align=1
       score "$1" "$WORK/$1" ;;
     *) echo "unknown run $1" >&2; return 2 ;;
   esac
@@ -76,7 +88,8 @@ run_one() {
 
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(reference bidirectional full_ft tau_0.05 no_hard_neg mined_neg anchor_eos anchor_mean
-                                 compression pool_last compression_mix compression_mix_walign)
+                                 compression pool_last compression_walign compression_mix compression_mix_walign
+                                 compression_mix_self)
 for name in "${names[@]}"; do
   if [ -f "$WORK/$name.eval/scores.json" ]; then echo "ablation: $name done, skipped"; continue; fi
   echo "ablation: $name starts $(date -u +%H:%M:%S)"

@@ -37,10 +37,15 @@ RUNS = {
     "anchor_mean": ("anchor stage I + II", "stage I (EOS anchor) + stage II with mean pooling", "reference"),
     "compression": ("compression tokens", "LLM2Vec-Gen quickstart: 2 + 8 tokens, frozen LLM, MiniLM teacher",
                     "teacher_minilm"),
+    "compression_walign": ("compression loss weights", "the compression quickstart with w_align 384 (L_align "
+                           "summed over the 384 teacher dims)", "compression"),
     "compression_mix": ("compression data", "900 requests from the ten-task set (question / summary / paraphrase), "
                         "112 steps", "compression"),
     "compression_mix_walign": ("compression loss weights", "as compression_mix, w_align 384 (L_align summed over "
                                "the 384 teacher dims)", "compression_mix"),
+    "compression_mix_self": ("compression teacher", "as compression_mix, teacher: the untrained SmolLM2 itself, "
+                             "mean pooling (the paper's kind: an unsupervised embedder of the same backbone)",
+                             "base_mean"),
 }
 
 
