@@ -63,24 +63,19 @@ run_one() {
       embedtrain train recipes/quickstart/compression.yaml --set run.output_dir="$WORK/$1" "${CURVE[@]}" \
         --set "data.train=[$WORK/generated]" --set "objective.compression.w_align=$weight"
       score "$1" "$WORK/$1" ;;
-    compression_mix|compression_mix_walign)  # 900 requests from the ten-task set (recipes/cpu/compression_mix.yaml)
+    compression_mix|compression_mix_walign|compression_mix_self)  # 900 requests from the ten-task set
       [ -f data/compression_queries/queries.jsonl ] || python recipes/cpu/build_compression_queries.py data/trainset \
         data/compression_queries
-      embedtrain generate recipes/cpu/compression_mix.yaml --set generate.output_dir="$WORK/generated_mix"
-      local weight=1
+      local weight=1 generated="$WORK/generated_mix" teacher=()
       [ "$1" = compression_mix_walign ] && weight=$WALIGN  # the shipped recipe
+      if [ "$1" = compression_mix_self ]; then  # the paper's kind of teacher: the same backbone, untrained
+        generated="$WORK/generated_mix_self"
+        teacher=(--set teacher.path=models/smollm2-135m-instruct --set teacher.kind=hf --set teacher.pooling=mean
+                 --set teacher.attention=causal)
+      fi
+      embedtrain generate recipes/cpu/compression_mix.yaml --set generate.output_dir="$generated" "${teacher[@]}"
       embedtrain train recipes/cpu/compression_mix.yaml --set run.output_dir="$WORK/$1" \
-        --set "data.train=[$WORK/generated_mix]" --set "objective.compression.w_align=$weight"
-      score "$1" "$WORK/$1" ;;
-    compression_mix_self)  # the paper's kind of teacher: the same backbone, untrained, mean pooling (causal)
-      [ -f data/compression_queries/queries.jsonl ] || python recipes/cpu/build_compression_queries.py data/trainset \
-        data/compression_queries
-      local teacher=(--set teacher.path=models/smollm2-135m-instruct --set teacher.kind=hf
-                     --set teacher.pooling=mean --set teacher.attention=causal)
-      embedtrain generate recipes/cpu/compression_mix.yaml --set generate.output_dir="$WORK/generated_mix_self" \
-        "${teacher[@]}"
-      embedtrain train recipes/cpu/compression_mix.yaml --set run.output_dir="$WORK/$1" \
-        --set "data.train=[$WORK/generated_mix_self]" "${teacher[@]}" --set objective.compression.w_align=1
+        --set "data.train=[$generated]" "${teacher[@]}" --set "objective.compression.w_align=$weight"
       score "$1" "$WORK/$1" ;;
     *) echo "unknown run $1" >&2; return 2 ;;
   esac

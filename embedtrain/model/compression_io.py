@@ -57,7 +57,7 @@ def load_compression_run(path: str | Path, device: torch.device | None = None, d
                                 "run with this embedtrain, or point at the run's final/ folder")
     # An export carries its backbone (with the K rows appended, unused here: the head injects them).
     backbone = final if meta.get("exported") else Path(meta["base_model"])
-    if not meta.get("exported") and not backbone.is_dir():
+    if not backbone.is_dir():
         raise FileNotFoundError(f"{final}/embedtrain.json: base model {meta['base_model']} not found; the run "
                                 "holds only the compression tokens and needs its frozen base weights")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -12,7 +12,7 @@ import argparse
 import json
 import random
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from embedtrain.evaluation.mteb_run import GENERATION_REQUESTS as REQ
@@ -45,9 +45,9 @@ def main(argv=None) -> int:
             row = json.loads(line)
             by_task[row["task"]].append(row)
     rng = random.Random(args.seed)
-    tasks = sorted(by_task)
+    tasks = sorted(by_task, key=lambda t: (len(by_task[t]), t))  # small tasks first give back room
     rows, left = [], args.num
-    for i, task in enumerate(sorted(tasks, key=lambda t: len(by_task[t]))):  # small tasks first give back room
+    for i, task in enumerate(tasks):
         take = min(len(by_task[task]), left // (len(tasks) - i))
         rows += [{"query": request(r, rng), "task": task} for r in rng.sample(by_task[task], take)]
         left -= take
@@ -60,10 +60,8 @@ def main(argv=None) -> int:
             row = json.loads(line)
             g.write(json.dumps({"query": row["query"], "positive": row["positive"], "task": row["task"],
                                 "instruction": REQ["query"]}) + "\n")
-    counts = defaultdict(int)
-    for r in rows:
-        counts[r["task"]] += 1
-    print(f"wrote {out / 'queries.jsonl'}: {len(rows)} requests {dict(counts)}; {out / 'heldout.jsonl'}")
+    counts = dict(Counter(r["task"] for r in rows))
+    print(f"wrote {out / 'queries.jsonl'}: {len(rows)} requests {counts}; {out / 'heldout.jsonl'}")
     return 0
 
 
