@@ -12,29 +12,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-META = "embedtrain.json"
+from embedtrain.config.schema import ModelConfig
+from embedtrain.data.packing import TextTokenizer, pack_texts
+from embedtrain.model.compression import CompressionText, embed_tokenized
+from embedtrain.model.compression_io import load_compression_run, reserved_positions, text_format
+from embedtrain.model.embedder import build_model, load_tokenizer
+from embedtrain.model.folder import META, find_final, trained_context
 
-
-def find_final(path: str | Path) -> Path:
-    """The folder holding embedtrain.json: path itself, a run directory's final/, or a checkpoint's
-    weights/ (checkpoints/stepNNNNNNNN)."""
-    p = Path(path)
-    for candidate in (p, p / "final", p / "weights"):
-        if (candidate / META).is_file():
-            return candidate
-    raise FileNotFoundError(f"{path}: no {META} here or in final/ or weights/ below it (expected an embedtrain "
-                            "run directory, its final/ folder, a checkpoints/stepNNNNNNNN folder written with "
-                            "run.checkpoint_weights, or an `embedtrain export` folder)")
-
-
-def trained_context(config) -> int:
-    """The longest input the base model was trained for (its position table)."""
-    n = getattr(config, "max_position_embeddings", None)
-    if not n:
-        raise ValueError(f"{getattr(config, 'model_type', 'model')} config has no max_position_embeddings: pass "
-                         "max_length= to say how many tokens a text may have")
-    return int(n)
+__all__ = ["Embedder", "META", "find_final", "from_base", "inference_max_length", "load", "trained_context"]
 
 
 def check_max_length(value: int, model_max: int, where: str) -> int:
@@ -63,8 +50,6 @@ class Embedder:
 
     def __init__(self, model, text_format, meta: dict, device: torch.device):
         self.model, self.text, self.meta, self.device = model, text_format, meta, device
-        from embedtrain.model.compression_io import reserved_positions
-
         # positions a text may use: a compression run's special tokens follow every text
         self.model_max_length = trained_context(model.lm.config) - reserved_positions(meta)
         self.model.eval()
@@ -87,11 +72,6 @@ class Embedder:
         """(N, D) float32 CPU tensor in input order. `instruction` is applied to every text (queries);
         documents are encoded without. batch_size: texts per packed forward (sorted by length).
         max_length: tokens per text for this call (default: the one chosen at load)."""
-        from tqdm import tqdm
-
-        from embedtrain.data.packing import pack_texts
-        from embedtrain.model.compression import CompressionText, embed_tokenized
-
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)
@@ -123,10 +103,6 @@ def from_base(model_path: str, pooling: str = "mean", family: str = "auto", atte
               instruction_format: str = "Instruct: {instruction}\nQuery: ", max_length: int | None = None,
               device: str | torch.device | None = None, dtype: str | None = None) -> Embedder:
     """An untrained model folder as an embedder (baselines): the family template, the pooling asked for."""
-    from embedtrain.config.schema import ModelConfig
-    from embedtrain.data.packing import TextTokenizer
-    from embedtrain.model.embedder import build_model, load_tokenizer
-
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("bfloat16" if device.type == "cuda" else "float32")
     tokenizer = load_tokenizer(model_path)
@@ -142,17 +118,11 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: str 
          attn_backend: str = "auto", max_length: int | None = None) -> Embedder:
     """Load a finished run (or an exported folder) for encoding. max_length: tokens per text (default: the
     base model's trained context, not the training data.max_length; see inference_max_length)."""
-    from embedtrain.config.schema import ModelConfig
-    from embedtrain.data.packing import TextTokenizer
-    from embedtrain.model.embedder import build_model, load_tokenizer
-
     final = find_final(path)
     meta = json.loads((final / META).read_text())
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("bfloat16" if device.type == "cuda" else meta.get("dtype", "float32"))
     if meta.get("kind") == "compression":
-        from embedtrain.model.compression_io import load_compression_run, reserved_positions, text_format
-
         model, tokenizer, meta = load_compression_run(final, device, dtype=dtype)
         n = reserved_positions(meta)
         meta = dict(meta, training_max_length=meta["max_length"],

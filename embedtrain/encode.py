@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from embedtrain.data.packing import TextTokenizer, pack_texts
+from embedtrain.model.compression import CompressionText, embed_texts
 
 
 @torch.no_grad()
@@ -14,8 +15,6 @@ def encode_texts(model, text_tok: TextTokenizer, texts: list[str], instructions:
     tokens (text_tok a CompressionText) gives its (N, D) compression embeddings."""
     was_training = model.training
     model.eval()
-    from embedtrain.model.compression import CompressionText, embed_texts
-
     if isinstance(text_tok, CompressionText):
         out, _ = embed_texts(model, model.compression, text_tok, texts, instructions, max_tokens, device)
         model.train(was_training)

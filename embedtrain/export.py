@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from embedtrain.api import META, find_final
-from embedtrain.engine.checkpoint import replace_dir
+from embedtrain.files import replace_dir
 from embedtrain.families import FAMILIES
 
 

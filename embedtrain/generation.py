@@ -21,7 +21,7 @@ import torch
 from embedtrain.config.schema import RecipeConfig
 from embedtrain.data import generated as G
 from embedtrain.data.jsonl import DataError
-from embedtrain.engine.checkpoint import atomic_write_text
+from embedtrain.files import atomic_write_text
 from embedtrain.families import Family
 
 log = logging.getLogger("embedtrain.generate")

@@ -43,6 +43,7 @@ def test_infonce_reports_the_same_flops_with_and_without_grad_cache(tiny_models)
     import torch
 
     from embedtrain.config.schema import LoraConfig
+    from embedtrain.objectives.base import FlopSpec, StepContext
     from embedtrain.objectives.infonce import InfoNCE, InfoNCEOptions
     from test_objective import _setup
 
@@ -52,6 +53,6 @@ def test_infonce_reports_the_same_flops_with_and_without_grad_cache(tiny_models)
     expected = train_flops(model.decoder().config, [len(t.ids) for t in batch.texts], True, 0, weights_train=False)
     for grad_cache in (False, True):
         objective = InfoNCE(InfoNCEOptions(grad_cache=grad_cache), torch.device("cpu"))
-        objective.flop_spec = (model.decoder().config, False, True)
-        metrics = objective.forward_backward(model, batch, lambda loss, final: loss.backward())
+        step = StepContext(flops=FlopSpec(model.decoder().config, False, True))
+        metrics = objective.forward_backward(model, batch, lambda loss, final: loss.backward(), step)
         assert metrics["flops"] == expected > 0

@@ -14,21 +14,35 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from embedtrain.config.errors import RecipeError
+from embedtrain.config.objective_options import OPTIONS
 from embedtrain.config.schema import RecipeConfig
+from embedtrain.config.validate import fail, validate_recipe
+
+__all__ = ["RecipeError", "build_dataclass", "load_recipe", "parse_override"]
 
 
 # Names users bring from the HF Trainer / DeepSpeed / sentence-transformers, mapped to ours.
 ALIASES = {"learning_rate": "lr", "max_steps": "steps", "num_steps": "steps", "num_train_steps": "steps",
            "gradient_accumulation_steps": "grad_accum", "max_grad_norm": "grad_clip",
            "gradient_clipping": "grad_clip", "warmup": "warmup_steps", "lr_scheduler": "schedule",
-           "lr_scheduler_type": "schedule", "temp": "temperature", "tau": "temperature", "scale": "temperature",
+           "lr_scheduler_type": "schedule", "temp": "temperature", "tau": "temperature",
            "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "model_name_or_path": "path",
            "output": "output_dir", "max_seq_length": "max_length", "stage": "zero_stage", "bf16": "dtype",
            "torch_dtype": "dtype", "pooling_mode": "pooling", "attn_implementation": "attn_backend"}
 
 
-class RecipeError(ValueError):
-    """A recipe problem the user must fix; the message names the file and key."""
+def _scale_hint(prefix: str, value: Any) -> str:
+    """sentence-transformers' `scale` multiplies the cosine similarities: it is 1 / temperature, not a
+    temperature, so it gets an explanation instead of an alias."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    example = (f"scale {value:g} is `{prefix}temperature: {1 / value:g}`" if numeric
+               else f"scale 20 is `{prefix}temperature: 0.05`")
+    return f"; `scale` (sentence-transformers) multiplies the similarities, it is 1 / temperature: {example}"
+
+
+# Keys that mean something else here than their name suggests: explained, not aliased.
+HINTS = {"scale": _scale_hint}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -171,6 +185,8 @@ def build_dataclass(cls: type, data: dict, origin: dict, prefix: str = "", defau
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         where = origin.get(dotted, default_where)
+        if key not in names and key in HINTS and "temperature" in names:
+            raise RecipeError(f"{where}: unknown key `{dotted}`{HINTS[key](prefix, value)}")
         if key not in names:
             # Match against our names and the familiar aliases of them (learning_rate, lerning_rate -> lr).
             known = {n: n for n in names} | {a: t for a, t in ALIASES.items() if t in names}
@@ -187,8 +203,30 @@ def build_dataclass(cls: type, data: dict, origin: dict, prefix: str = "", defau
     return cls(**kwargs)
 
 
+def type_objective_options(cfg: RecipeConfig, origin: dict) -> dict:
+    """Every `objective.<name>` block typed by that objective's options class (a base recipe may carry
+    blocks for several objectives); the chosen objective gets its defaults when it has no block."""
+    def schema(name: str, key: str) -> type:
+        if name not in OPTIONS:
+            close = difflib.get_close_matches(name, sorted(OPTIONS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            fail(origin, key, f"unknown objective {name!r}; {hint}registered: {', '.join(sorted(OPTIONS))}")
+        return OPTIONS[name]
+
+    chosen = schema(cfg.train.objective, "train.objective")
+    typed = {}
+    for name, block in cfg.objective.items():
+        options_cls = schema(name, f"objective.{name}")
+        if block is not None and not isinstance(block, dict):
+            fail(origin, f"objective.{name}", f"must be a mapping of {name} options, got {block!r}")
+        typed[name] = build_dataclass(options_cls, block or {}, origin, f"objective.{name}.")
+    typed.setdefault(cfg.train.objective, chosen())
+    return typed
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeConfig, dict]:
-    """Load, merge, override and validate. Returns (typed config, origin map)."""
+    """Load, merge, override, type and validate. Returns (typed config, origin map); cfg.objective maps
+    each objective name to its options dataclass, cfg.options() is the chosen one's."""
     origin: dict[str, str] = {}
     tree = _load_chain(Path(path), origin)
     for text in overrides:
@@ -196,13 +234,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[RecipeConf
         _apply_override(tree, keys, value)
         origin[".".join(keys)] = "--set"
     cfg = build_dataclass(RecipeConfig, tree, origin, default_where=str(path))
+    cfg.objective = type_objective_options(cfg, origin)
     # Relative data/model paths in a recipe are relative to the directory the command runs in,
     # like every other CLI path; we do not rewrite them.
-    from embedtrain.config.validate import validate_recipe
-
     validate_recipe(cfg, origin)
     return cfg, origin
-
-
-def recipe_to_dict(cfg: RecipeConfig) -> dict:
-    return dataclasses.asdict(cfg)

@@ -2,7 +2,7 @@
 
 Every recipe section is a dataclass; the loader (loader.py) checks keys and types against these
 fields, so a field added here is automatically accepted, validated and documented by `--help-config`.
-Objective-specific options live in the objective's own dataclass (see objectives/registry.py).
+Objective-specific options are dataclasses of their own (config/objective_options.py).
 """
 from __future__ import annotations
 
@@ -146,10 +146,18 @@ class RecipeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # objective name -> its options, e.g. {infonce: {temperature: 0.02}}; each block is validated by
-    # that objective's own schema, the one named by train.objective is used.
+    # objective name -> its options, e.g. {infonce: {temperature: 0.02}}; load_recipe types each block with
+    # its objective's options dataclass (config/objective_options.py); the one named by train.objective is used.
     objective: dict[str, Any] = field(default_factory=dict)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def options(self):
+        """The chosen objective's options dataclass (config/objective_options.py)."""
+        opts = self.objective.get(self.train.objective)
+        if opts is None or isinstance(opts, dict):
+            raise ValueError(f"objective.{self.train.objective} is not typed: build the config with "
+                             "embedtrain.config.loader.load_recipe, which types every objective block")
+        return opts

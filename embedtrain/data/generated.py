@@ -20,27 +20,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from embedtrain.data.jsonl import DataError, check_task_and_instruction, load_object
+from embedtrain.data.rows import QUERY_FIELDS, DataError, check_object, parse_row  # noqa: F401 (parse_row: API)
 
 MANIFEST = "manifest.json"
 SETTINGS = "generate.json"
-QUERY_FIELDS = {"query", "task", "instruction"}
-ROW_FIELDS = QUERY_FIELDS | {"response"}
 
 
 def shard_stem(k: int) -> str:
     return f"shard-{k:05d}"
-
-
-def _check_object(line: str, where: str, allowed: set[str], required: tuple[str, ...]) -> dict:
-    obj = load_object(line, where, tuple(sorted(allowed)))
-    for key in required:
-        if not isinstance(obj.get(key), str):
-            raise DataError(f"{where}: field {key!r} must be a string" + ("" if key in obj else " (missing)"))
-    if "query" in required and not obj["query"].strip():
-        raise DataError(f"{where}: field 'query' is empty")
-    check_task_and_instruction(obj, where)
-    return obj
 
 
 def read_queries(paths: list[str]) -> list[dict]:
@@ -56,14 +43,10 @@ def read_queries(paths: list[str]) -> list[dict]:
                         text = raw.decode("utf-8")
                     except UnicodeDecodeError:
                         raise DataError(f"{path}:{n}: not valid UTF-8") from None
-                    rows.append(_check_object(text, f"{path}:{n}", QUERY_FIELDS, ("query",)))
+                    rows.append(check_object(text, f"{path}:{n}", QUERY_FIELDS, ("query",)))
     if not rows:
         raise DataError(f"no queries in {', '.join(paths)}")
     return rows
-
-
-def parse_row(line: str, where: str) -> dict:
-    return _check_object(line, where, ROW_FIELDS, ("query", "response"))
 
 
 def write_shard(out_dir: Path, k: int, rows: list[dict], teacher_RD: torch.Tensor) -> None:

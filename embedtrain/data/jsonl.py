@@ -7,73 +7,18 @@ of its own shard when it needs them. A folder in the file list is an `embedtrain
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from embedtrain.data.generated import TargetReader, load_manifest, shard_stem
+from embedtrain.data.rows import PAIR_FIELDS, DataError, Example, parse_example, parse_row
+
+__all__ = ["PAIR_FIELDS", "DataError", "Example", "JsonlIndex", "build_index", "parse_example"]
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    pass
-
-
-@dataclass
-class Example:
-    query: str
-    positive: str
-    negatives: list[str]
-    task: str
-    instruction: str | None
-    target: torch.Tensor | None = None  # (D,) teacher embedding of the response (generated data)
-
-
-PAIR_FIELDS = ("query", "positive", "negative", "task", "instruction")
-
-
-def load_object(line: str, where: str, allowed: tuple[str, ...]) -> dict:
-    """One JSON object line with no field outside `allowed`; raises DataError naming `where` (file:line)."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    unknown = set(obj) - set(allowed)
-    if unknown:
-        raise DataError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
-    return obj
-
-
-def check_task_and_instruction(obj: dict, where: str) -> None:
-    for key in ("task", "instruction"):
-        if key in obj and not (isinstance(obj[key], str) and obj[key].strip()):
-            raise DataError(f"{where}: field {key!r} must be a non-empty string when present")
-
-
-def parse_example(line: str, where: str, default_task: str) -> Example:
-    """Parse and check one line; raises DataError naming `where` (file:line) and the fix."""
-    obj = load_object(line, where, PAIR_FIELDS)
-    for key in ("query", "positive"):
-        if key not in obj:
-            raise DataError(f"{where}: missing field {key!r}")
-        if not isinstance(obj[key], str):
-            raise DataError(f"{where}: field {key!r} must be a string, got {type(obj[key]).__name__}")
-        if not obj[key].strip():
-            raise DataError(f"{where}: field {key!r} is empty")
-    neg = obj.get("negative", [])
-    negatives = [neg] if isinstance(neg, str) else neg
-    if not isinstance(negatives, list) or not all(isinstance(n, str) for n in negatives):
-        raise DataError(f"{where}: field 'negative' must be a string or a list of strings")
-    for i, n in enumerate(negatives):
-        if not n.strip():
-            raise DataError(f"{where}: negative {i} is empty")
-    check_task_and_instruction(obj, where)
-    return Example(obj["query"], obj["positive"], negatives, obj.get("task", default_task), obj.get("instruction"))
 
 
 @dataclass
@@ -106,8 +51,6 @@ class JsonlIndex:
         target_file = self.target_files[fid] if self.target_files else None
         if target_file is None:
             return parse_example(line, f"{path}:{self.line_no[i]}", Path(path).stem)
-        from embedtrain.data.generated import TargetReader, parse_row
-
         obj = parse_row(line, f"{path}:{self.line_no[i]}")
         if self._targets is None:
             self._targets = TargetReader()
@@ -123,8 +66,6 @@ def build_index(paths: list[str], skip_bad_lines: bool = False) -> JsonlIndex:
     files, target_files, dims = [], [], set()
     for path in paths:
         if Path(path).is_dir():
-            from embedtrain.data.generated import load_manifest, shard_stem
-
             meta = load_manifest(path)
             dims.add(meta["teacher_dim"])
             for shard in meta["shards"]:
@@ -150,8 +91,6 @@ def build_index(paths: list[str], skip_bad_lines: bool = False) -> JsonlIndex:
                     if target_file is None:
                         ex = parse_example(raw.decode("utf-8"), where, default_task)
                     else:
-                        from embedtrain.data.generated import parse_row
-
                         ex = parse_row(raw.decode("utf-8"), where)
                         ex = Example(ex["query"], ex["response"], [], ex.get("task", default_task), None)
                 except UnicodeDecodeError:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from embedtrain import distributed as D
 from embedtrain.families import Family
 
 
@@ -25,6 +26,8 @@ class TokenizedText:
 
 class TextTokenizer:
     """Family-aware tokenization of queries (with instruction) and documents."""
+
+    reserved_positions = 0  # positions after every text that are not the text's (model/compression.py: K)
 
     def __init__(self, tokenizer, family: Family, max_length: int, instruction_format: str):
         self.tok = tokenizer
@@ -128,8 +131,6 @@ def pack_on_every_rank(texts: list[TokenizedText], max_tokens: int, pad_id: int,
                        device) -> list[PackedStream]:
     """pack_texts, then split streams until this rank has as many as the rank with most: ZeRO-3 gathers
     and ZeRO-2 reductions are collectives per forward/backward, so every rank must run the same number."""
-    from embedtrain import distributed as D
-
     streams = pack_texts(texts, max_tokens, pad_id, pad_to_multiple_of)
     if D.world_size() > 1:
         most = max(D.all_gather_ints(len(streams), device))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -22,15 +21,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from embedtrain.distributed import rank
+from embedtrain.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
@@ -109,12 +103,3 @@ def full_state_dict(module: torch.nn.Module, zero_stage: int) -> dict[str, torch
             out.update({n: b.detach().cpu().clone() for n, b in module.named_buffers() if n in persistent})
         return out
     return {n: t.detach().cpu().clone() for n, t in module.state_dict().items()} if rank() == 0 else {}
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; the old one (if any) is removed only afterwards."""
-    old = final.with_name(f".{final.name}.old{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)

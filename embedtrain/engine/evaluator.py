@@ -15,25 +15,31 @@ import logging
 import shutil
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 from embedtrain.config.schema import RecipeConfig
 from embedtrain.config.validate import best_metric
 from embedtrain.data.jsonl import build_index
 from embedtrain.distributed import rank
-from embedtrain.engine.checkpoint import atomic_write_text
+from embedtrain.encode import encode_texts, retrieval_scores
+from embedtrain.evaluation.mteb_encoder import evaluate_encoder, load_instructions, make_encoder, resolve_tasks
+from embedtrain.files import atomic_write_text
+from embedtrain.model.folder import trained_context
 
 log = logging.getLogger("embedtrain")
 BEST = "best.json"
 
 
 class Evaluator:
-    """eval.retrieval and eval.tasks on the training model; keeps run_dir/best/ when run.keep_best is set."""
+    """eval.retrieval and eval.tasks on the training model; keeps run_dir/best/ when run.keep_best is set.
 
-    def __init__(self, cfg: RecipeConfig, model, text_tok, builder, device, run_dir: Path, save_best=None):
+    text_tok: how the objective formats a text (objective.text_format); policy: its instruction policy for
+    the suite (objective.eval_instruction_policy), None for the suite's per-task instructions."""
+
+    def __init__(self, cfg: RecipeConfig, model, text_tok, builder, device, run_dir: Path, save_best=None,
+                 policy=None):
         self.cfg, self.model, self.text_tok, self.builder, self.device = cfg, model, text_tok, builder, device
-        self.run_dir, self.save_best = run_dir, save_best
+        self.run_dir, self.save_best, self.policy = run_dir, save_best, policy
         self.metric = best_metric(cfg)
         self.best = None
         if (run_dir / BEST).is_file():  # a resumed run keeps competing with its best
@@ -49,8 +55,6 @@ class Evaluator:
 
     # -------------------------------------------------------------- held-out retrieval pairs
     def retrieval(self, label: str) -> dict | None:
-        from embedtrain.encode import encode_texts, retrieval_scores
-
         ev = self.cfg.eval
         if not ev.retrieval:
             return None
@@ -69,31 +73,20 @@ class Evaluator:
 
     # -------------------------------------------------------------- offline-suite tasks through mteb
     def _encoder(self):
-        from embedtrain.api import trained_context
-        from embedtrain.encode import encode_texts
-        from embedtrain.evaluation.mteb_run import generation_request, load_instructions, make_encoder
-        from embedtrain.model.compression import CompressionText
-
         # documents at the length `embedtrain eval` uses on the exported model, not the training data.max_length
         fmt = copy.copy(self.text_tok)
-        compression = isinstance(fmt, CompressionText)
-        reserved = fmt.num_special if compression else 0
-        fmt.max_length = trained_context(self.model.lm.config) - reserved
+        fmt.max_length = trained_context(self.model.lm.config) - fmt.reserved_positions
         batch_tokens = max(self.cfg.eval.batch_tokens, fmt.max_length)
 
         def encode_fn(texts, instruction):
             inst = [instruction] * len(texts) if instruction else None
             return encode_texts(self.model, fmt, texts, inst, batch_tokens, self.device).cpu()
 
-        policy = None
-        if compression:
-            policy = partial(generation_request, document=self.cfg.eval.document_instruction)
         dim = int(encode_fn(["dimension probe"], None).shape[1])
-        return make_encoder(encode_fn, "training", dim, load_instructions(None, self.cfg.eval.suite), policy=policy)
+        return make_encoder(encode_fn, "training", dim, load_instructions(None, self.cfg.eval.suite),
+                            policy=self.policy)
 
     def suite(self) -> dict[str, float]:
-        from embedtrain.evaluation.mteb_run import evaluate_encoder, resolve_tasks
-
         if not self.cfg.eval.tasks:
             return {}
         if self._tasks is None:

@@ -10,19 +10,22 @@ import os
 import time
 from dataclasses import dataclass
 
+import deepspeed
 import torch
+from deepspeed.runtime.utils import clip_grad_norm_
 
 from embedtrain import distributed as D
 from embedtrain.config.schema import RecipeConfig
-from embedtrain.config.validate import objective_options
-from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, rank_slice
 from embedtrain.config.validate import check_eval_suite
+from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, rank_slice
 from embedtrain.data.jsonl import JsonlIndex, build_index
 from embedtrain.data.packing import TextTokenizer
 from embedtrain.engine.ds_config import batch_plan, build_ds_config
 from embedtrain.engine.metrics import peak_memory_gb
 from embedtrain.engine.schedule import build_optimizer, build_scheduler
+from embedtrain.flops import measure_matmul_tflops
 from embedtrain.model.embedder import build_model, load_tokenizer
+from embedtrain.objectives.base import FlopSpec, Objective, StepContext
 from embedtrain.objectives.registry import get_objective
 
 log = logging.getLogger("embedtrain")
@@ -34,18 +37,19 @@ class Session:
     device: torch.device
     rank: int
     world: int
-    options: object  # the objective's validated options
+    options: object  # the objective's typed options (cfg.options())
     index: JsonlIndex
     order: BatchOrder
     micro_global: int  # examples per global micro-batch
     gas: int  # micro-batches per optimizer step
     tokenizer: object
-    objective: object
+    objective: Objective
     text_tok: TextTokenizer
     builder: MicroBatchBuilder
     scheduler: torch.optim.lr_scheduler.LRScheduler
     engine: object  # deepspeed.DeepSpeedEngine around the EmbeddingModel
     peak_tflops: float | None = None  # MFU denominator per device; None: MFU is not logged
+    flops: FlopSpec | None = None  # what the objectives' model-FLOP counts need
 
 
 def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None = None,
@@ -57,7 +61,7 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
     device = device if device is not None else D.init_distributed(cfg.deepspeed.backend)
     rank, world = D.rank(), D.world_size()
     # Everything that can be wrong with the recipe or the data fails here, before the model loads.
-    options = objective_options(cfg, origin)
+    options = cfg.options()
     ds_config = build_ds_config(cfg, world)
     index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
     check_eval_suite(cfg, origin)  # with the data files: before any model loads
@@ -83,18 +87,16 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
     # FLOP accounting: do the decoder's own weights train (full fine-tuning), or only adapters / new rows?
     decoder = embedder.decoder()
     weights_train = any(p.requires_grad for n, p in decoder.named_parameters() if "lora_" not in n)
-    objective.flop_spec = (decoder.config, weights_train, embedder.causal)
+    flops = FlopSpec(decoder.config, weights_train, embedder.causal)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("trainable parameters: %d of %d", trainable, sum(p.numel() for p in model.parameters()))
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
-    import deepspeed
-
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
     _record_grad_norm(engine)
     return Session(cfg, device, rank, world, options, index, order, micro_global, gas, tokenizer, objective,
-                   text_tok, builder, scheduler, engine, _peak_tflops(cfg, device))
+                   text_tok, builder, scheduler, engine, _peak_tflops(cfg, device), flops)
 
 
 def _peak_tflops(cfg: RecipeConfig, device: torch.device) -> float | None:
@@ -111,8 +113,6 @@ def _peak_tflops(cfg: RecipeConfig, device: torch.device) -> float | None:
         return peak
     if device.type != "cuda":
         return None
-    from embedtrain.flops import measure_matmul_tflops
-
     peak = measure_matmul_tflops(device, torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32)
     log.info("MFU denominator: measured %s matmul rate %.0f TFLOP/s", cfg.model.dtype, peak)
     return peak
@@ -121,8 +121,6 @@ def _peak_tflops(cfg: RecipeConfig, device: torch.device) -> float | None:
 def _record_grad_norm(engine) -> None:
     """Without a ZeRO/bf16 wrapper DeepSpeed clips with its own clip_grad_norm_ but drops the norm it
     returns; keep it so get_global_grad_norm() works on every configuration."""
-    from deepspeed.runtime.utils import clip_grad_norm_
-
     def clip_and_record():
         engine._global_grad_norm = clip_grad_norm_(parameters=engine.module.parameters(),
                                                    max_norm=engine.gradient_clipping(), mpu=engine.mpu)
@@ -141,20 +139,19 @@ def train_step(s: Session, step: int) -> dict:
                for m in range(s.gas)]
     # Token-mean objectives divide by the whole step's counts, so accumulation and world size leave the loss as is.
     totals = s.objective.step_totals(batches)
-    s.objective.step_norm = dict(D.all_reduce_sum(totals, s.device), micro_batches=s.gas) if totals else None
+    ctx = StepContext(D.all_reduce_sum(totals, s.device) if totals else None, s.gas, s.flops)
     for batch in batches:
         sums["real_tokens"] += batch.real_tokens
         sums["computed_tokens"] += batch.computed_tokens
         sums["truncated"] += batch.truncated
-        out = s.objective.forward_backward(engine, batch, lambda loss, final: engine.backward(loss))
-        # Tokens an objective runs beyond the batch's own streams (reconstruction's decoding passes).
+        out = s.objective.forward_backward(engine, batch, lambda loss, final: engine.backward(loss), ctx)
+        # Tokens an objective runs beyond the batch's own streams (e.g. decoding passes).
         sums["real_tokens"] += out.pop("extra_real_tokens", 0.0)
         sums["computed_tokens"] += out.pop("extra_computed_tokens", 0.0)
         sums["flops"] += out.pop("flops", 0.0)
         for k, v in out.items():
             acc[k] = acc.get(k, 0.0) + v / s.gas
     engine.step()
-    s.objective.step_norm = None  # a loss computed outside a step normalises by its own batch
     totals = D.all_reduce_sum(sums, s.device)
     metrics = D.all_reduce_mean(acc, s.device)
     dt = time.perf_counter() - t0

@@ -9,17 +9,19 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 
 from embedtrain import distributed as D
 from embedtrain.config.schema import RecipeConfig
-from embedtrain.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from embedtrain.engine.checkpoint import load_checkpoint, save_checkpoint
 from embedtrain.engine.evaluator import Evaluator
 from embedtrain.engine.final import save_final, save_weights
 from embedtrain.engine.metrics import MetricsLogger
 from embedtrain.engine.preemption import StopSignals, write_status
 from embedtrain.engine.session import build_session, train_step
 from embedtrain.engine.watchdog import RankWatchdog
+from embedtrain.files import atomic_write_text
 
 log = logging.getLogger("embedtrain")
 
@@ -40,7 +42,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         log.info("CPU: %d torch threads per rank", torch.get_num_threads())
     s = build_session(cfg, origin, device)
     engine, objective, builder, text_tok = s.engine, s.objective, s.builder, s.text_tok
-    options, tokenizer = s.options, s.tokenizer
+    tokenizer = s.tokenizer
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
@@ -51,17 +53,18 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     ckpt_root = run_dir / "checkpoints"
     write_weights = None
     if cfg.run.checkpoint_weights:  # final/'s files per checkpoint: evaluable and init_from-able mid-run
-        write_weights = partial(save_weights, engine.module, cfg, tokenizer, zero_stage=zero_stage, options=options)
+        write_weights = partial(save_weights, objective, engine.module, cfg, tokenizer, zero_stage=zero_stage)
     start = 0
     if resume:
         start = load_checkpoint(engine, ckpt_root, device)["step"]
     else:
         torch.manual_seed(cfg.run.seed + rank)  # dropout differs between ranks
-    eval_tok = getattr(objective, "text", text_tok)  # objectives with their own text formatting
+    eval_tok = objective.text_format(text_tok)
     save_best = None
     if cfg.run.keep_best:
-        save_best = partial(save_weights, engine.module, cfg, tokenizer, zero_stage=zero_stage, options=options)
-    evaluator = Evaluator(cfg, engine.module, eval_tok, builder, device, run_dir, save_best)
+        save_best = partial(save_weights, objective, engine.module, cfg, tokenizer, zero_stage=zero_stage)
+    evaluator = Evaluator(cfg, engine.module, eval_tok, builder, device, run_dir, save_best,
+                          objective.eval_instruction_policy(cfg))
     before = evaluator.retrieval("before training") if start == 0 else None
 
     metrics_log = MetricsLogger(run_dir, cfg.train.steps, start, cfg.run.log_every, rank == 0,
@@ -94,7 +97,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                 return {"losses": losses, "final_dir": None, "eval_before": before, "eval_after": None,
                         "start_step": start, "preempted": preempted, "engine": engine}
         metrics_log.close()
-        final_dir = save_final(engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged, options)
+        final_dir = save_final(objective, engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged)
         # the last step's evaluation scored these same weights: reused, not encoded again
         last = evaluator.last_retrieval
         after = last[1] if last and last[0] == cfg.train.steps else evaluator.retrieval("after training")
@@ -127,7 +130,5 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
 def _finish(watchdog) -> None:
     """Every rank reaches this point before any may exit (an exiting rank 0 takes the store with it)."""
     if watchdog is not None:
-        import torch.distributed as dist
-
         dist.barrier()
         watchdog.stop()

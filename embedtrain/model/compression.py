@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from embedtrain.data.packing import PackedStream, TokenizedText
+from embedtrain.data.packing import PackedStream, TokenizedText, pack_texts
 from embedtrain.families import Family
 
 
@@ -86,6 +86,11 @@ class CompressionText:
     def num_special(self) -> int:
         return self.thought + self.compression
 
+    @property
+    def reserved_positions(self) -> int:
+        """Positions every text gives up to the special tokens (TextTokenizer's is 0)."""
+        return self.num_special
+
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
@@ -156,8 +161,6 @@ def embed_texts(model, head: CompressionHead, text: CompressionText, texts: list
 def embed_tokenized(model, head: CompressionHead, queries: list[TokenizedText], max_tokens: int, pad_id: int,
                     device) -> tuple[torch.Tensor, torch.Tensor]:
     """embed_texts for queries already formatted by CompressionText.queries."""
-    from embedtrain.data.packing import pack_texts
-
     streams = pack_texts(queries, max_tokens, pad_id)
     p_NnH, z_NnD = head(compression_states(model, head, streams, len(queries), device))
     return z_NnD.float().mean(1), p_NnH

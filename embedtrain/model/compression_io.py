@@ -6,14 +6,17 @@ tokenizer, and embedtrain.json naming the frozen base weights it runs on; the ba
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from embedtrain.engine.checkpoint import replace_dir
+from embedtrain.config.schema import ModelConfig
+from embedtrain.files import replace_dir, temp_dir_beside
+from embedtrain.model.attention import IMPL_NAME
 from embedtrain.model.compression import CompressionHead, CompressionText, embed_texts
+from embedtrain.model.embedder import build_model, load_tokenizer, resolve_weights
+from embedtrain.model.folder import META, find_final
 
 WEIGHTS = "compression.safetensors"
 
@@ -25,9 +28,7 @@ def reserved_positions(meta: dict) -> int:
 
 def save_compression_final(state: dict[str, torch.Tensor], head: CompressionHead, cfg, family: str, tokenizer,
                            out: Path, options) -> None:
-    from embedtrain.model.embedder import resolve_weights
-
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp = temp_dir_beside(out)
     tmp.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS))
     tokenizer.save_pretrained(str(tmp))
@@ -38,18 +39,14 @@ def save_compression_final(state: dict[str, torch.Tensor], head: CompressionHead
             "instructions": dict(cfg.data.instructions), "default_instruction": cfg.data.default_instruction,
             "document_instruction": cfg.eval.document_instruction,
             "pooling": "mean of the projected compression states", "normalize": False}
-    (tmp / "embedtrain.json").write_text(json.dumps(meta, indent=1))
+    (tmp / META).write_text(json.dumps(meta, indent=1))
     replace_dir(tmp, out)
 
 
 def load_compression_run(path: str | Path, device: torch.device | None = None, dtype: str | None = None):
     """(EmbeddingModel with .compression, tokenizer, meta) of a finished compression run, in eval mode."""
-    from embedtrain.api import find_final
-    from embedtrain.config.schema import ModelConfig
-    from embedtrain.model.embedder import build_model, load_tokenizer
-
     final = find_final(path)
-    meta = json.loads((final / "embedtrain.json").read_text())
+    meta = json.loads((final / META).read_text())
     if meta.get("kind") != "compression":
         raise ValueError(f"{final} is not a compression run (decode needs compression tokens)")
     if not (final / WEIGHTS).is_file():
@@ -82,8 +79,6 @@ def text_format(model, tokenizer, meta: dict) -> CompressionText:
 @torch.no_grad()
 def decode_text(model, tokenizer, text: str, instruction: str | None, max_new_tokens: int, meta: dict) -> str:
     """Greedy decoding from the soft prompts alone (no query tokens): what the embedding holds."""
-    from embedtrain.model.attention import IMPL_NAME
-
     if meta.get("exported") and not getattr(model.lm.config, "tie_word_embeddings", False):
         raise ValueError("decoding needs the LM head, which an export leaves out for a base model with untied "
                          "output embeddings: decode from the run's final/ folder instead")

@@ -5,11 +5,13 @@ objectives call the DeepSpeed engine with a PackedStream and get pooled embeddin
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from embedtrain.config.schema import ModelConfig
 from embedtrain.data.packing import PackedStream
@@ -45,6 +47,9 @@ class EmbeddingModel(nn.Module):
         self.causal = causal
         self.pooling = pooling
         self.backend = backend
+        # The compression objective's trainable special tokens and maps (model/compression.py
+        # CompressionHead), set by its setup() or by loading a compression run; None on other models.
+        self.compression: nn.Module | None = None
 
     def freeze_unused_lm_head(self) -> int:
         """Freeze an untied LM head the objective never uses: no optimizer state for vocab x H."""
@@ -87,9 +92,12 @@ class EmbeddingModel(nn.Module):
         return self.lm.get_output_embeddings()
 
 
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+def unwrap(model) -> EmbeddingModel:
+    """The EmbeddingModel inside a DeepSpeed engine (its .module), or the model itself."""
+    return model.module if hasattr(model, "module") else model
 
+
+def load_tokenizer(path: str):
     if not Path(path).is_dir():
         raise FileNotFoundError(f"model.path {path!r} is not a local folder (embedtrain loads models from "
                                 "disk; download or convert the model first)")
@@ -117,8 +125,6 @@ def load_causal_lm(folder: str | Path, dtype: torch.dtype, _depth: int = 0, **kw
     """The causal LM in a weights folder, or, for a LoRA run's adapter folder (final/ or a checkpoint's
     weights/), its base weights (as its embedtrain.json names them, themselves possibly an adapter)
     with the adapter merged in: the function that run computed, as plain weights."""
-    from transformers import AutoModelForCausalLM
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model weights folder not found: {folder}")
@@ -128,9 +134,7 @@ def load_causal_lm(folder: str | Path, dtype: torch.dtype, _depth: int = 0, **kw
     if not meta_file.is_file() or _depth > 8:
         raise ValueError(f"{folder} holds a LoRA adapter without embedtrain.json naming its base weights (or a "
                          "chain of adapters over 8 deep); start from full weights, e.g. the run's final_merged/")
-    import json
-
-    from peft import PeftModel
+    from peft import PeftModel  # optional at import time: only LoRA runs need it
 
     meta = json.loads(meta_file.read_text())
     base = load_causal_lm(meta.get("base_weights") or meta["base_model"], dtype, _depth + 1, **kwargs)

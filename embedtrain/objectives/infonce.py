@@ -8,27 +8,16 @@ tests/test_distributed.py checks this against the same global batch in one proce
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from embedtrain.config.objective_options import InfoNCEOptions
 from embedtrain.data.batches import MicroBatch
 from embedtrain.distributed import gather_with_grad
-from embedtrain.objectives.base import Backward, Objective, RngSnapshot, embed_batch, text_order
+from embedtrain.objectives.base import NO_STEP, Backward, Objective, RngSnapshot, StepContext, embed_batch, text_order
 from embedtrain.objectives.registry import register
 
-
-@dataclass
-class InfoNCEOptions:
-    temperature: float = 0.02
-    symmetric: bool = False  # also score each positive against all queries (doc -> query)
-    grad_cache: bool = False  # embed without graphs, then re-run each stream with cached gradients
-
-    def validate(self, cfg):
-        if not self.temperature > 0:
-            return "objective.infonce.temperature", f"must be > 0, got {self.temperature}"
-        return None
+__all__ = ["InfoNCE", "InfoNCEOptions", "infonce_loss"]
 
 
 def infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float,
@@ -51,17 +40,18 @@ def infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float,
     return loss, metrics
 
 
-@register("infonce", InfoNCEOptions)
+@register("infonce")
 class InfoNCE(Objective):
-    def loss(self, model, batch: MicroBatch):
+    def loss(self, model, batch: MicroBatch, step: StepContext = NO_STEP):
         emb = embed_batch(model, batch, self.device)
         loss, metrics = infonce_loss(emb, batch.num_queries, self.options.temperature, self.options.symmetric)
-        metrics["flops"] = self.stream_flops(batch.streams)
+        metrics["flops"] = self.stream_flops(batch.streams, step)
         return loss, metrics
 
-    def forward_backward(self, model, batch: MicroBatch, backward: Backward) -> dict[str, float]:
+    def forward_backward(self, model, batch: MicroBatch, backward: Backward,
+                         step: StepContext = NO_STEP) -> dict[str, float]:
         if not self.options.grad_cache:
-            return super().forward_backward(model, batch, backward)
+            return super().forward_backward(model, batch, backward, step)
         streams = [s.to(self.device) for s in batch.streams]
         # 1. Embed every stream without a graph, remembering the RNG each forward started from.
         snapshots, cached = [], []
@@ -78,5 +68,5 @@ class InfoNCE(Objective):
             with snap.replay():
                 out = model(s)
             backward((out * leaf.grad.to(out.dtype)).sum(), i == len(streams) - 1)
-        metrics["flops"] = self.stream_flops(batch.streams)  # model FLOPs: the no-grad pass is not counted
+        metrics["flops"] = self.stream_flops(batch.streams, step)  # model FLOPs: the no-grad pass is not counted
         return metrics
