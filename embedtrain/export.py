@@ -21,16 +21,21 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from sentence_transformers import SentenceTransformer
+from tokenizers import processors
 
-from embedtrain.api import META, find_final
-from embedtrain.files import replace_dir
+from embedtrain.api import META, find_final, inference_max_length
 from embedtrain.families import FAMILIES
+from embedtrain.files import replace_dir
+from embedtrain.model.compression_io import WEIGHTS
+from embedtrain.model.embedder import load_causal_lm, load_tokenizer
+from embedtrain.st_modules import BidirectionalTransformer, LastTokensMean
+from embedtrain.st_modules import st_models as models
 
 
 def _post_processor(tokenizer, head_ids: list[int], tail_ids: list[int]):
     """A TemplateProcessing that wraps every text as head + text + tail (ids as given)."""
-    from tokenizers import processors
-
     names = [f"__et_head{i}" for i in range(len(head_ids))], [f"__et_tail{i}" for i in range(len(tail_ids))]
     single = " ".join([*names[0], "$A", *names[1]])
     specials = list(zip(names[0], head_ids)) + list(zip(names[1], tail_ids))
@@ -43,28 +48,18 @@ def _dtype(meta: dict) -> torch.dtype:
 
 
 def _with_inference_length(meta: dict, config, max_length: int | None, reserved: int, run_dir) -> dict:
-    from embedtrain.api import inference_max_length
-
     return dict(meta, inference_max_length=inference_max_length(meta, config, max_length, reserved,
                                                                 f"export {run_dir}"))
 
 
 def _load_lm(final: Path, meta: dict):
     """Full weights, or a LoRA run's adapter merged onto its base."""
-    from embedtrain.model.embedder import load_causal_lm
-
     return load_causal_lm(final, _dtype(meta))
 
 
 def export(run_dir: str | Path, out_dir: str | Path, max_length: int | None = None) -> Path:
     """max_length: tokens per text of the exported model (default: the base model's trained context;
     training's data.max_length is not an inference limit)."""
-    from sentence_transformers import SentenceTransformer
-
-    from embedtrain.model.embedder import load_tokenizer
-    from embedtrain.st_modules import BidirectionalTransformer
-    from embedtrain.st_modules import st_models as models
-
     final = find_final(run_dir)
     meta = json.loads((final / META).read_text())
     out = Path(out_dir)
@@ -111,13 +106,6 @@ def _save(st, meta: dict, out: Path, tmp: Path, hf_dir: Path) -> Path:
 
 def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[int], out: Path, tmp: Path,
                         max_length: int | None, run_dir) -> Path:
-    from safetensors.torch import load_file
-    from sentence_transformers import SentenceTransformer
-
-    from embedtrain.model.compression_io import WEIGHTS
-    from embedtrain.st_modules import LastTokensMean
-    from embedtrain.st_modules import st_models as models
-
     m, n = meta["thought_tokens"], meta["compression_tokens"]
     state = load_file(str(final / WEIGHTS))
     names = [f"<|embedtrain_thought_{i}|>" for i in range(m)] + [f"<|embedtrain_compress_{i}|>" for i in range(n)]

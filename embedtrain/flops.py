@@ -12,6 +12,10 @@ are not counted: the count is a floor, never inflated.
 """
 from __future__ import annotations
 
+import time
+
+import torch
+
 
 def forward_parts(config, seq_lens: list[int], causal: bool = True, logit_positions: int = 0) -> dict[str, int]:
     """Forward FLOPs split into weight matmuls of the layers, attention, and the LM head."""
@@ -50,10 +54,6 @@ def text_lengths(stream) -> list[int]:
 
 def measure_matmul_tflops(device, dtype, n: int | None = None, reps: int = 10) -> float:
     """Dense matmul rate of this device (the MFU denominator): n^3 products, 3 warm-ups, mean of reps."""
-    import time
-
-    import torch
-
     n = n or (8192 if device.type == "cuda" else 1024)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

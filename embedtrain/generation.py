@@ -17,12 +17,18 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
+from embedtrain.config.errors import RecipeError
 from embedtrain.config.schema import RecipeConfig
 from embedtrain.data import generated as G
 from embedtrain.data.jsonl import DataError
+from embedtrain.families import Family, resolve_family
 from embedtrain.files import atomic_write_text
-from embedtrain.families import Family
+from embedtrain.model.embedder import DTYPES, load_tokenizer
+from embedtrain.model.teacher import Teacher, resolve_teacher_path
 
 log = logging.getLogger("embedtrain.generate")
 _SENTINEL = "\u2063EMBEDTRAIN_QUERY\u2063"
@@ -91,8 +97,6 @@ def validate_generate(cfg: RecipeConfig) -> None:
     if g.do_sample and not (g.temperature > 0 and 0 < g.top_p <= 1):
         problems.append(f"generate: sampling needs temperature > 0 and 0 < top_p <= 1, got {g.temperature}, {g.top_p}")
     if problems:
-        from embedtrain.config.loader import RecipeError
-
         raise RecipeError("; ".join(problems))
 
 
@@ -100,8 +104,6 @@ def validate_generate(cfg: RecipeConfig) -> None:
 def answer(lm, tokenizer, prompts: list[list[int]], cfg: RecipeConfig, eos_ids: list[int], pad_id: int,
            device) -> list[str]:
     """Responses to token-id prompts, in input order: longest first in fixed batches, left padded."""
-    from transformers import GenerationConfig
-
     g = cfg.generate
     gen_cfg = GenerationConfig(max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, eos_token_id=eos_ids,
                                pad_token_id=pad_id, **({"temperature": g.temperature, "top_p": g.top_p, "top_k": None}
@@ -139,13 +141,6 @@ def _write_manifest(out: Path, n_shards: int, sizes: list[int], teacher_dim: int
 
 def generate(cfg: RecipeConfig, max_shards: int | None = None) -> dict:
     """Run (or resume) generation for this rank. Returns {"done": shards written now, "complete": bool}."""
-    from tqdm import tqdm
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from embedtrain.families import resolve_family
-    from embedtrain.model.embedder import DTYPES, load_tokenizer
-    from embedtrain.model.teacher import Teacher, resolve_teacher_path
-
     validate_generate(cfg)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -193,8 +188,6 @@ def generate(cfg: RecipeConfig, max_shards: int | None = None) -> dict:
             log.warning("%d prompt(s) longer than generate.max_prompt_length=%d were cut", cut, g.max_prompt_length)
     complete = all(G.shard_rows(out, k) == sizes[k] for k in range(n_shards))
     if complete and not (out / G.MANIFEST).is_file():
-        from safetensors import safe_open
-
         with safe_open(str(out / f"{G.shard_stem(0)}.safetensors"), "pt") as f:
             dim = f.get_slice("teacher").get_shape()[1]
         _write_manifest(out, n_shards, sizes, dim, settings)

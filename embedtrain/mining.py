@@ -19,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from embedtrain import api
+from embedtrain.api import find_final
+from embedtrain.files import atomic_write_text
+from embedtrain.mining_lexical import LexicalScorer
 from embedtrain.mining_pools import TaskPool, build_pools, normalize, read_corpus, read_pairs
 
 LEXICAL = ("tfidf", "bm25")
@@ -144,8 +149,6 @@ class EmbeddingScorer:
 
 def resolve_model(model_or_run: str, s: MineSettings) -> str:
     """"run" (embedtrain.json found) or "base" (a plain model folder); raises before any data is read."""
-    from embedtrain.api import find_final
-
     path = Path(model_or_run)
     if not path.exists():
         raise MiningError(f"MODEL_OR_RUN {model_or_run!r} not found: pass an embedtrain run directory, its final/ "
@@ -165,8 +168,6 @@ def resolve_model(model_or_run: str, s: MineSettings) -> str:
 
 
 def load_embedder(model_or_run: str, s: MineSettings):
-    from embedtrain import api
-
     if resolve_model(model_or_run, s) == "base":
         return api.from_base(model_or_run, pooling=s.pooling or "mean", device=s.device, max_length=s.max_length)
     return api.load(model_or_run, device=s.device, max_length=s.max_length)
@@ -191,11 +192,6 @@ def stats_path(out: str | Path) -> Path:
 def mine(data: list[str], model_or_run: str, out: str | Path, s: MineSettings) -> dict:
     """Mine negatives for every line of the `data` JSONL files into `out`; returns (and writes next to
     `out` as OUT.json) the settings, per-task counts and timings."""
-    from tqdm import tqdm
-
-    from embedtrain.engine.checkpoint import atomic_write_text
-    from embedtrain.mining_lexical import LexicalScorer
-
     t0 = time.perf_counter()
     s.check()
     out = Path(out)

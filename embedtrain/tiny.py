@@ -8,6 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from embedtrain.families import FAMILIES
 
@@ -23,8 +26,6 @@ FAMILY_MODEL_TYPE = {"llama3": "llama", "chatml": "llama", "qwen2": "qwen2", "qw
 
 
 def byte_tokenizer(family: str):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -35,8 +36,6 @@ def byte_tokenizer(family: str):
 
 def family_tokenizer(tok, family: str):
     """A `tokenizers.Tokenizer` as a transformers tokenizer with `family`'s template tokens as specials."""
-    from transformers import PreTrainedTokenizerFast
-
     fam = FAMILIES[family]
     specials = fam.all_special() + ["<pad>"]
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token=fam.eos_token)
@@ -57,8 +56,6 @@ def make_random_model(family: str, out_dir: str | Path, tok, shape: dict, seed: 
                       dtype: torch.dtype = torch.float32, device: str = "cpu") -> Path:
     """A randomly initialised model of `family` with the config fields in `shape` (a vocabulary larger
     than the tokenizer's is allowed: the real model's shape is what costs), saved with `tok`."""
-    import transformers
-
     out = Path(out_dir)
     cls_name, extra = _CONFIGS[FAMILY_MODEL_TYPE[family]]
     fields = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,

@@ -201,3 +201,31 @@ def test_compression_recipes_carry_the_published_settings(name):
     for gpus in (1, 2, 4, 8):
         micro, gas = batch_plan(c, gpus)
         assert micro * gas == 32
+
+
+@pytest.mark.parametrize("value, expected", [(20, "scale 20 is `objective.infonce.temperature: 0.05`"),
+                                             (50, "scale 50 is `objective.infonce.temperature: 0.02`"),
+                                             ("big", "scale 20 is `objective.infonce.temperature: 0.05`")])
+def test_scale_is_explained_as_the_inverse_temperature(base, value, expected):
+    """sentence-transformers' `scale` multiplies the similarities (1 / temperature): the error says so
+    and gives the equivalent temperature, never `temperature: <scale>`."""
+    with pytest.raises(RecipeError) as err:
+        load_recipe(base / "base.yaml", [f"objective.infonce.scale={value}"])
+    message = str(err.value)
+    assert "unknown key `objective.infonce.scale`" in message and "1 / temperature" in message
+    assert expected in message and f"temperature: {value}`" not in message
+
+
+def test_objective_options_are_typed_once_at_load(base):
+    """cfg.objective holds each block as its options dataclass; the chosen one exists with its defaults
+    even without a block, and the resolved config serialises them as plain mappings."""
+    import dataclasses
+
+    from embedtrain.config.objective_options import InfoNCEOptions, ReconstructionOptions
+
+    cfg, _ = load_recipe(base / "base.yaml", ["objective.infonce.temperature=0.05", "objective.reconstruction.alpha=0.5"])
+    assert isinstance(cfg.options(), InfoNCEOptions) and cfg.options().temperature == 0.05
+    assert isinstance(cfg.objective["reconstruction"], ReconstructionOptions) and cfg.objective["reconstruction"]["alpha"] == 0.5
+    assert dataclasses.asdict(cfg)["objective"]["infonce"] == {"temperature": 0.05, "symmetric": False, "grad_cache": False}
+    bare, _ = load_recipe(base / "base.yaml", ["train.objective=reconstruction", "model.pooling=last"])
+    assert bare.options() == ReconstructionOptions()

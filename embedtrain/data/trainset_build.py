@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from embedtrain.data import trainset_tasks as T
 from embedtrain.data.jsonl import parse_example
 from embedtrain.data.trainset_docs import devil_entry, read_debian_faq, read_sphinx_page
@@ -60,8 +62,6 @@ SOURCES = {
 
 
 def _progress(items, desc: str, verbose: bool):
-    from tqdm import tqdm
-
     return tqdm(items, desc=f"[trainset] {desc}", unit="file", disable=not verbose, leave=False, mininterval=2)
 
 

@@ -20,8 +20,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedtrain.evaluation import suite_build  # module attribute: the suite builder is looked up at call time
 from embedtrain.evaluation.suite_catalog import DEBIAN_TRAIN_FRACTION, DOC_WORDS
-from embedtrain.evaluation.suite_exclusion import REPO_ROOT, norm_definition, norm_lemma, read_exclusion
+from embedtrain.evaluation.suite_exclusion import (
+    QUICKSTART_TRAIN,
+    REPO_ROOT,
+    norm_definition,
+    norm_lemma,
+    read_exclusion,
+)
 from embedtrain.evaluation.suite_sources import SourceError
 from embedtrain.evaluation.suite_tasks_data import _clip, _frac
 
@@ -118,13 +125,10 @@ def read_suite_tests(suite_dir: str | Path) -> tuple[dict[str, dict], int]:
 def suite_holdout(got: dict, pkgs: list[dict], seed: int, suite_dir: str | Path | None = None, say=print,
                   heldout_file: Path = QUICKSTART_HELDOUT) -> Holdout:
     """Everything the suite (built from got with seed, plus suite_dir's files when given) tests."""
-    from embedtrain.evaluation.suite_build import _build_all
-    from embedtrain.evaluation.suite_exclusion import QUICKSTART_TRAIN
-
     holdout = Holdout(package_source={p["package"]: p["source"] for p in pkgs})
     say(f"[trainset] rebuilding the suite's test splits in memory (seed {seed}) to hold them out", flush=True)
     # the suite's sampling depends on what it excluded, so rebuild it with the same exclusion
-    data, _, _ = _build_all(got, seed, lambda *a, **k: None, read_exclusion(QUICKSTART_TRAIN))
+    data, _, _ = suite_build._build_all(got, seed, lambda *a, **k: None, read_exclusion(QUICKSTART_TRAIN))
     add_test_splits(holdout, {name: d["test"] for name, d in data.items()}, f"suite seed {seed}")
     if suite_dir is not None:
         tests, _ = read_suite_tests(suite_dir)

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import deepspeed
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -91,8 +92,6 @@ def load_checkpoint(engine, ckpt_root: Path, device) -> dict:
 def full_state_dict(module: torch.nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
     """Every parameter and persistent buffer, gathered on rank 0 (CPU copies); {} on other ranks."""
     if zero_stage == 3:
-        import deepspeed
-
         out = {}
         for name, p in module.named_parameters():
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 log = logging.getLogger("embedtrain")
 
@@ -27,8 +28,6 @@ class MetricsLogger:
         self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
         self.bar = None
         if enabled and progress_bar:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                             dynamic_ncols=True, file=sys.stderr)
         self.t_last = time.perf_counter()

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 # re-exported: callers and tests import these from here
 from embedtrain.evaluation.suite_catalog import (  # noqa: F401
@@ -187,8 +188,6 @@ def _build_all(got: dict, seed: int, say, exclusion: Exclusion | None = None) ->
 
 def copy_deb_licences(got: dict, stage: Path, debs: dict[str, str], sources: dict) -> None:
     """Each package's copyright file into stage/LICENSES/, and its .deb as the origin of sources[key]."""
-    from urllib.parse import unquote
-
     for key, pkg in debs.items():
         copyright_file = got["root"] / "usr" / "share" / "doc" / pkg / "copyright"
         if not copyright_file.is_file():
@@ -201,8 +200,6 @@ def copy_deb_licences(got: dict, stage: Path, debs: dict[str, str], sources: dic
 
 def _sources(got: dict, stage: Path, gensim_licence: bytes) -> dict:
     """SOURCES plus where each came from, with its copyright file copied under LICENSES/."""
-    from urllib.parse import unquote
-
     sources = json.loads(json.dumps(SOURCES))
     copy_deb_licences(got, stage, DEBS, sources)
     _atomic_write(stage / "LICENSES" / "gensim.COPYING", gensim_licence.decode("utf-8", "replace"))

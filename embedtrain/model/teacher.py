@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoModel, AutoTokenizer
 
 from embedtrain.config.schema import TeacherConfig
 from embedtrain.families import FAMILIES
@@ -63,8 +64,6 @@ class Teacher:
             get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
             self.dim = get_dim()
         else:
-            from transformers import AutoModel, AutoTokenizer
-
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
             if self.tokenizer.pad_token_id is None:
                 self.tokenizer.pad_token = self.tokenizer.eos_token
