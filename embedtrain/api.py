@@ -45,6 +45,11 @@ def inference_max_length(meta: dict, config, override: int | None = None, reserv
     return min(int(meta.get("inference_max_length") or model_max), model_max)
 
 
+def check_dim(dim: int | None, full: int, where: str) -> None:
+    if dim is not None and (not isinstance(dim, int) or not 1 <= dim <= full):
+        raise ValueError(f"{where}: dim must be an integer in [1, {full}] (the model's embedding size), got {dim!r}")
+
+
 class Embedder:
     """A loaded embedding model. encode() batches texts by token count into packed streams."""
 
@@ -68,10 +73,13 @@ class Embedder:
     @torch.no_grad()
     def encode(self, texts: list[str] | str, instruction: str | None = None, batch_size: int = 64,
                normalize: bool = True, show_progress: bool | None = None,
-               max_length: int | None = None) -> torch.Tensor:
+               max_length: int | None = None, dim: int | None = None) -> torch.Tensor:
         """(N, D) float32 CPU tensor in input order. `instruction` is applied to every text (queries);
         documents are encoded without. batch_size: texts per packed forward (sorted by length).
-        max_length: tokens per text for this call (default: the one chosen at load)."""
+        max_length: tokens per text for this call (default: the one chosen at load).
+        dim: keep the leading `dim` dimensions (before normalising): a Matryoshka-trained model's
+        truncated embedding (meta["matryoshka_dims"] lists the trained sizes)."""
+        check_dim(dim, self.dim, "encode(dim=...)")
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         out = torch.empty(len(texts), self.dim, dtype=torch.float32)
@@ -95,6 +103,7 @@ class Embedder:
                 stream = pack_texts(part, budget, self.text.pad_id)[0]
                 vecs = self.model(stream.to(self.device)).float()[torch.argsort(torch.tensor(stream.text_ids)).to(self.device)]
             out[torch.tensor(chunk)] = vecs.cpu()
+        out = out[:, :dim] if dim else out
         out = F.normalize(out, dim=-1) if normalize else out
         return out[0] if single else out
 

@@ -105,7 +105,7 @@ def _eval(args) -> int:
     tasks = [t for item in args.tasks for t in item.split(",") if t]
     try:
         run_eval(args.run_dir, tasks, args.output or str(_default_eval_dir(args.run_dir)), args.instructions,
-                 args.suite, args.batch_size, args.device, args.max_length)
+                 args.suite, args.batch_size, args.device, args.max_length, args.dim)
     except (EvalError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None)
     p.add_argument("--max-length", type=int, default=None, help=MAX_LENGTH_HELP)
+    p.add_argument("--dim", type=int, default=None,
+                   help="score the leading DIM dimensions of each embedding (a Matryoshka-trained model's truncation)")
     p.set_defaults(fn=_eval)
     p = sub.add_parser("build-eval-suite", help="build the offline MTEB-shaped suite from Debian/gensim text")
     p.add_argument("out_dir")

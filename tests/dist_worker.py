@@ -25,6 +25,10 @@ GRADS = {  # name -> recipe overrides; one optimizer step on 8 examples split ov
     "grad_plain": [],
     "grad_cache": ["objective.infonce.grad_cache=true", "data.max_tokens_per_batch=160"],
     "grad_symmetric": ["objective.infonce.symmetric=true"],
+    # Matryoshka prefixes with the gradient cache and the cross-rank gather
+    "grad_matryoshka": ["objective.infonce.symmetric=true", "objective.infonce.matryoshka_dims=[64,16]",
+                        "objective.infonce.matryoshka_weights=[1,0.5]", "objective.infonce.grad_cache=true",
+                        "data.max_tokens_per_batch=160"],
 }
 HELD = Path(__file__).resolve().parents[1] / "recipes" / "quickstart" / "data" / "heldout.jsonl"
 TRAJ = {  # name -> overrides; 10 optimizer steps through the real trainer

@@ -21,7 +21,7 @@ from embedtrain.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "quickstart" / "data" / "train.jsonl"
-SCENARIOS = ("grad_plain,grad_cache,grad_symmetric,z0,z1,z2,z3,z3_offload,z3_eval,z2_gradcache,z3_gradcache,z0_accum,"
+SCENARIOS = ("grad_plain,grad_cache,grad_symmetric,grad_matryoshka,z0,z1,z2,z3,z3_offload,z3_eval,z2_gradcache,z3_gradcache,z0_accum,"
              "z2_accum,recon_z0,recon_z3,recon_micro,recon_whole,resume")
 
 
@@ -81,24 +81,33 @@ def _reference_loss_and_grads(recipe, overrides=()):
     n_ids = [t.ids for t in text_tok.encode([n for e in ex for n in e.negatives])]
 
     def emb(ids):
-        h = model.model(input_ids=torch.tensor(ids)[None], use_cache=False).last_hidden_state[0, -1]
-        return F.normalize(h, dim=-1)
+        return model.model(input_ids=torch.tensor(ids)[None], use_cache=False).last_hidden_state[0, -1]
 
-    q = torch.stack([emb(i) for i in q_ids])
-    p = torch.stack([emb(i) for i in p_ids])
-    cand = torch.cat([p, torch.stack([emb(i) for i in n_ids])])
-    tau = cfg.objective.get("infonce", {}).get("temperature", 0.02)
+    q_raw = torch.stack([emb(i) for i in q_ids])
+    p_raw = torch.stack([emb(i) for i in p_ids])
+    cand_raw = torch.cat([p_raw, torch.stack([emb(i) for i in n_ids])])
+    options = cfg.objective.get("infonce", {})
+    tau = options.get("temperature", 0.02)
     labels = torch.arange(8)
-    loss = F.cross_entropy(q @ cand.T / tau, labels)
-    if cfg.objective.get("infonce", {}).get("symmetric"):
-        loss = (loss + F.cross_entropy(p @ q.T / tau, labels)) / 2
+    # Matryoshka: the same loss on each leading prefix, re-normalised, weighted; else the whole embedding once
+    dims = options.get("matryoshka_dims") or [q_raw.shape[1]]
+    loss = 0.0
+    for d, w in zip(dims, options.get("matryoshka_weights") or [1.0] * len(dims)):
+        q, p, cand = (F.normalize(x[:, :d], dim=-1) for x in (q_raw, p_raw, cand_raw))
+        part = F.cross_entropy(q @ cand.T / tau, labels)
+        if options.get("symmetric"):
+            part = (part + F.cross_entropy(p @ q.T / tau, labels)) / 2
+        loss = loss + w * part
     loss.backward()
     grads = {f"lm.{n}": prm.grad for n, prm in model.named_parameters() if prm.grad is not None}
     return loss.item(), grads
 
 
 @pytest.mark.parametrize("name, overrides", [("grad_plain", []), ("grad_cache", []),
-                                             ("grad_symmetric", ["objective.infonce.symmetric=true"])])
+                                             ("grad_symmetric", ["objective.infonce.symmetric=true"]),
+                                             ("grad_matryoshka", ["objective.infonce.symmetric=true",
+                                                                  "objective.infonce.matryoshka_dims=[64,16]",
+                                                                  "objective.infonce.matryoshka_weights=[1,0.5]"])])
 def test_world2_gathered_infonce_equals_one_process(setup, world2, name, overrides):
     out, results = world2
     ref_loss, ref_grads = _reference_loss_and_grads(setup[1], overrides)
@@ -107,7 +116,7 @@ def test_world2_gathered_infonce_equals_one_process(setup, world2, name, overrid
     assert set(got) == set(ref_grads)
     worst = max((got[n] - ref_grads[n]).abs().max().item() for n in got)
     assert worst <= 1e-5, f"{name}: max gradient difference {worst}"
-    if name == "grad_cache":
+    if name in ("grad_cache", "grad_matryoshka"):
         assert results[name]["streams"] > 1  # the cache really spans several packed streams
 
 

@@ -124,3 +124,39 @@ train: {{batch_size: 8, steps: 3, lr: 1.0e-3, schedule: cosine, warmup_steps: 1}
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert all(0 < json.loads(line)["packing_efficiency"] <= 1 for line in lines)
+
+
+def test_matryoshka_loss_equals_each_prefix_loss_run_separately():
+    """One forward, every prefix: loss and gradient equal the weighted sum of plain InfoNCE run on each
+    prefix on its own (each re-normalised by infonce_loss), symmetric included."""
+    from embedtrain.objectives.infonce import matryoshka_infonce_loss
+
+    torch.manual_seed(0)
+    emb = torch.randn(4 + 4 + 5, 32, requires_grad=True)
+    dims, weights = [32, 16, 4], [1.0, 0.5, 0.25]
+    loss, metrics = matryoshka_infonce_loss(emb, 4, 0.1, dims, weights, symmetric=True)
+    (grad,) = torch.autograd.grad(loss, emb)
+    ref_emb = emb.detach().clone().requires_grad_()
+    parts = [w * infonce_loss(ref_emb[:, :d], 4, 0.1, symmetric=True)[0] for d, w in zip(dims, weights)]
+    ref = sum(parts)
+    (ref_grad,) = torch.autograd.grad(ref, ref_emb)
+    assert abs(loss.item() - ref.item()) <= 1e-6 and (grad - ref_grad).abs().max().item() <= 1e-6
+    assert grad[:, 16:].abs().sum() > 0 and set(metrics) >= {"loss_dim32", "loss_dim16", "loss_dim4", "loss"}
+    # the prefix terms matter: without them the gradient of the leading dimensions differs
+    (full_only,) = torch.autograd.grad(infonce_loss(ref_emb, 4, 0.1, symmetric=True)[0], ref_emb)
+    assert (grad[:, :4] - full_only[:, :4]).abs().max().item() > 1e-3
+
+
+def test_matryoshka_with_grad_cache_equals_plain(tiny_models):
+    model, builder = _setup(tiny_models["chatml"], max_tokens=128)
+    model.train()
+    batch = builder.build(list(range(12)))
+    assert len(batch.streams) >= 3
+    m = dict(temperature=0.05, matryoshka_dims=[64, 32, 8])
+    plain_loss, plain = _run(model, batch, InfoNCEOptions(**m), seed=7)
+    cached_loss, cached = _run(model, batch, InfoNCEOptions(**m, grad_cache=True), seed=7)
+    full_loss, _ = _run(model, batch, InfoNCEOptions(temperature=0.05), seed=7)
+    assert abs(plain_loss - cached_loss) <= 1e-5 and set(plain) == set(cached) and plain
+    scale = max(plain[n].abs().max().item() for n in plain)  # full fine-tuning: gradients up to ~10
+    assert max((plain[n] - cached[n]).abs().max().item() for n in plain) <= 1e-6 * max(1.0, scale)
+    assert abs(plain_loss - full_loss) > 1e-3  # the prefixes add their own terms

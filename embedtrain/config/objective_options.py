@@ -9,7 +9,7 @@ objectives/<name>.py (@register), one import line in objectives/__init__.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 OPTIONS: dict[str, type] = {}  # objective name -> its options dataclass
 
@@ -48,10 +48,23 @@ class InfoNCEOptions(ObjectiveOptions):
     temperature: float = 0.02
     symmetric: bool = False  # also score each positive against all queries (doc -> query)
     grad_cache: bool = False  # embed without graphs, then re-run each stream with cached gradients
+    # Matryoshka representation learning: the loss summed over these leading-prefix sizes of the embedding
+    # (each prefix re-normalised), e.g. [576, 288, 144, 72]; None: the full embedding only.
+    matryoshka_dims: Optional[list[int]] = None
+    matryoshka_weights: Optional[list[float]] = None  # one per dimension; default 1 each
 
     def validate(self, cfg):
+        key = "objective.infonce."
         if not self.temperature > 0:
-            return "objective.infonce.temperature", f"must be > 0, got {self.temperature}"
+            return key + "temperature", f"must be > 0, got {self.temperature}"
+        dims, weights = self.matryoshka_dims, self.matryoshka_weights
+        if dims is not None:
+            if not dims or any(d < 1 for d in dims) or len(set(dims)) != len(dims):
+                return key + "matryoshka_dims", f"needs distinct dimensions >= 1, got {dims}"
+            if weights is not None and (len(weights) != len(dims) or any(not w > 0 for w in weights)):
+                return key + "matryoshka_weights", f"needs one weight > 0 per dimension of {dims}, got {weights}"
+        elif weights is not None:
+            return key + "matryoshka_weights", "given without objective.infonce.matryoshka_dims"
         if cfg.train.micro_batch_per_rank is not None:
             # in-batch negatives: the loss of a split batch is not the loss of the whole batch
             return "train.micro_batch_per_rank", (

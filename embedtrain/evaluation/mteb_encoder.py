@@ -73,15 +73,17 @@ def make_encoder(encode_fn, name: str, dim: int, instructions: dict[str, str | N
     return EmbedtrainEncoder()
 
 
-def embedder_encoder(embedder, name: str, instructions: dict[str, str | None], batch_size: int = 64):
+def embedder_encoder(embedder, name: str, instructions: dict[str, str | None], batch_size: int = 64,
+                     dim: int | None = None):
+    """dim: score the leading `dim` dimensions of each embedding (Matryoshka truncation)."""
     def encode_fn(texts, instruction):
         return embedder.encode(texts, instruction=instruction, batch_size=batch_size, normalize=True,
-                               show_progress=False)
+                               show_progress=False, dim=dim)
 
     policy = None
     if embedder.meta.get("kind") == "compression":
         policy = partial(generation_request, document=embedder.meta.get("document_instruction"))
-    return make_encoder(encode_fn, name, embedder.dim, instructions,
+    return make_encoder(encode_fn, name, dim or embedder.dim, instructions,
                         sum(p.numel() for p in embedder.model.parameters()), embedder.meta.get("max_length"), policy)
 
 

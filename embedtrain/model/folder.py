@@ -50,11 +50,12 @@ def embedding_meta(cfg, family: str) -> dict:
             "lora": dataclasses.asdict(cfg.model.lora)}
 
 
-def write_lm_folder(state: dict[str, torch.Tensor], model, cfg, tokenizer, out: Path) -> None:
-    """The LM's gathered state (full weights or adapter: save_pretrained picks) + tokenizer + embedtrain.json,
-    assembled beside `out` and renamed into place."""
+def write_lm_folder(state: dict[str, torch.Tensor], model, cfg, tokenizer, out: Path, extra_meta: dict = None) -> None:
+    """The LM's gathered state (full weights or adapter: save_pretrained picks) + tokenizer + embedtrain.json
+    (+ extra_meta from the objective), assembled beside `out` and renamed into place."""
     tmp = temp_dir_beside(out)
     model.lm.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
-    (tmp / META).write_text(json.dumps(embedding_meta(cfg, model.family.name), indent=1))
+    meta = dict(embedding_meta(cfg, model.family.name), **(extra_meta or {}))
+    (tmp / META).write_text(json.dumps(meta, indent=1))
     replace_dir(tmp, out)

@@ -115,10 +115,14 @@ class Objective:
         """The module whose weights a checkpoint's weights/, best/ and final/ hold (gathered under ZeRO-3)."""
         return model.lm
 
+    def run_meta(self) -> dict:
+        """Entries the saved folder's embedtrain.json gets from this objective (carried into exports)."""
+        return {}
+
     def write_weights(self, state: dict[str, torch.Tensor], model: EmbeddingModel, cfg, tokenizer, out: Path) -> None:
         """On rank 0: write saved_module()'s full state into folder `out` (atomically), loadable by
         embedtrain.load and as model.init_from."""
-        write_lm_folder(state, model, cfg, tokenizer, out)
+        write_lm_folder(state, model, cfg, tokenizer, out, self.run_meta())
 
 
 def text_order(batch: MicroBatch) -> torch.Tensor:

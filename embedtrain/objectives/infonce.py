@@ -17,7 +17,7 @@ from embedtrain.distributed import gather_with_grad
 from embedtrain.objectives.base import NO_STEP, Backward, Objective, RngSnapshot, StepContext, embed_batch, text_order
 from embedtrain.objectives.registry import register
 
-__all__ = ["InfoNCE", "InfoNCEOptions", "infonce_loss"]
+__all__ = ["InfoNCE", "InfoNCEOptions", "infonce_loss", "matryoshka_infonce_loss"]
 
 
 def infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float,
@@ -26,25 +26,68 @@ def infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float,
     emb_ND = F.normalize(emb_ND.float(), dim=-1)
     q_QD, cand_CD = emb_ND[:num_queries], emb_ND[num_queries:]  # candidates: positives then negatives
     all_cand_GD, offset = gather_with_grad(cand_CD)
-    labels_Q = torch.arange(num_queries, device=emb_ND.device) + offset
+    return _contrastive(q_QD, cand_CD, all_cand_GD, offset, temperature, symmetric)
+
+
+def _contrastive(q_QD, cand_CD, all_cand_GD, offset: int, temperature: float, symmetric: bool):
+    """Cross-entropy of this rank's (normalised) queries against every rank's candidates; + doc -> query."""
+    num_queries = q_QD.shape[0]
+    labels_Q = torch.arange(num_queries, device=q_QD.device) + offset
     logits_QG = q_QD @ all_cand_GD.T / temperature
     loss = F.cross_entropy(logits_QG, labels_Q)
     metrics = {"loss_q2d": loss.item(), "acc": (logits_QG.argmax(-1) == labels_Q).float().mean().item()}
     if symmetric:
         all_q_GD, q_offset = gather_with_grad(q_QD)
         logits_QGq = cand_CD[:num_queries] @ all_q_GD.T / temperature
-        loss_d2q = F.cross_entropy(logits_QGq, torch.arange(num_queries, device=emb_ND.device) + q_offset)
+        loss_d2q = F.cross_entropy(logits_QGq, torch.arange(num_queries, device=q_QD.device) + q_offset)
         metrics["loss_d2q"] = loss_d2q.item()
         loss = (loss + loss_d2q) / 2
     metrics["loss"] = loss.item()
     return loss, metrics
 
 
+def matryoshka_infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float, dims: list[int],
+                            weights: list[float] | None = None,
+                            symmetric: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    """sum_d w_d * InfoNCE on the leading d dimensions, each prefix re-normalised. The raw candidates are
+    gathered across ranks once (with gradient) and sliced per d, so one forward serves every prefix."""
+    emb_ND = emb_ND.float()
+    all_cand_GD, offset = gather_with_grad(emb_ND[num_queries:])
+    weights = weights or [1.0] * len(dims)
+    loss, metrics = emb_ND.new_zeros(()), {}
+    for d, w in zip(dims, weights):
+        q_Qd = F.normalize(emb_ND[:num_queries, :d], dim=-1)
+        cand_Cd = F.normalize(emb_ND[num_queries:, :d], dim=-1)
+        loss_d, m = _contrastive(q_Qd, cand_Cd, F.normalize(all_cand_GD[:, :d], dim=-1), offset, temperature,
+                                 symmetric)
+        loss = loss + w * loss_d
+        metrics[f"loss_dim{d}"], metrics[f"acc_dim{d}"] = m["loss"], m["acc"]
+    metrics["loss"] = loss.item()
+    return loss, metrics
+
+
 @register("infonce")
 class InfoNCE(Objective):
+    def setup(self, model, cfg, index, tokenizer) -> None:
+        dims = self.options.matryoshka_dims or []
+        hidden = model.lm.config.hidden_size
+        if any(d > hidden for d in dims):
+            raise ValueError(f"objective.infonce.matryoshka_dims {dims}: the model's embeddings have {hidden} "
+                             f"dimensions; use dimensions <= {hidden}")
+
+    def _loss(self, emb_ND: torch.Tensor, num_queries: int) -> tuple[torch.Tensor, dict[str, float]]:
+        o = self.options
+        if o.matryoshka_dims:
+            return matryoshka_infonce_loss(emb_ND, num_queries, o.temperature, o.matryoshka_dims,
+                                           o.matryoshka_weights, o.symmetric)
+        return infonce_loss(emb_ND, num_queries, o.temperature, o.symmetric)
+
+    def run_meta(self) -> dict:
+        return {"matryoshka_dims": list(self.options.matryoshka_dims)} if self.options.matryoshka_dims else {}
+
     def loss(self, model, batch: MicroBatch, step: StepContext = NO_STEP):
         emb = embed_batch(model, batch, self.device)
-        loss, metrics = infonce_loss(emb, batch.num_queries, self.options.temperature, self.options.symmetric)
+        loss, metrics = self._loss(emb, batch.num_queries)
         metrics["flops"] = self.stream_flops(batch.streams, step)
         return loss, metrics
 
@@ -61,7 +104,7 @@ class InfoNCE(Objective):
                 cached.append(model(s).detach().requires_grad_())
         # 2. Loss and its gradient w.r.t. the embeddings only (collectives included, no parameters).
         emb = torch.cat(cached).float()[text_order(batch).to(self.device)]
-        loss, metrics = infonce_loss(emb, batch.num_queries, self.options.temperature, self.options.symmetric)
+        loss, metrics = self._loss(emb, batch.num_queries)
         loss.backward()
         # 3. Re-run each stream with a graph and push the cached embedding gradient through it.
         for i, (s, snap, leaf) in enumerate(zip(streams, snapshots, cached)):
