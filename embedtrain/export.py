@@ -12,6 +12,7 @@ Compression runs add their K tokens to the vocabulary (rows written into the emb
 tokenizer appends them to every text, and the two maps become Dense layers after a pooling module
 that averages the last n states (embedtrain.st_modules, so loading needs embedtrain installed):
 mean over n commutes with the two affine maps.
+Every export gets a README.md model card (model_card.py) written from the run directory's files.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from embedtrain.families import FAMILIES
 from embedtrain.files import replace_dir
 from embedtrain.model.compression_io import WEIGHTS
 from embedtrain.model.embedder import load_causal_lm, load_tokenizer
+from embedtrain.model_card import write_model_card
+from embedtrain.run_summary import summarize
 from embedtrain.st_modules import BidirectionalTransformer, LastTokensMean
 from embedtrain.st_modules import st_models as models
 
@@ -93,13 +96,14 @@ def export(run_dir: str | Path, out_dir: str | Path, max_length: int | None = No
         prompts["query"] = family.prefix + fmt.format(instruction=meta["default_instruction"])
     st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=prompts,
                              default_prompt_name="document")
-    return _save(st, meta, out, tmp, hf_dir)
+    return _save(st, meta, out, tmp, hf_dir, run_dir, prompts)
 
 
-def _save(st, meta: dict, out: Path, tmp: Path, hf_dir: Path) -> Path:
-    st.save(str(tmp))
+def _save(st, meta: dict, out: Path, tmp: Path, hf_dir: Path, run_dir, prompts: dict) -> Path:
+    st.save(str(tmp), create_model_card=False)  # ours below: written from the run's own files
     shutil.rmtree(hf_dir, ignore_errors=True)
     (tmp / META).write_text(json.dumps(dict(meta, exported=True), indent=1))
+    write_model_card(tmp, summarize(run_dir), meta, prompts, path=str(out))
     replace_dir(tmp, out)
     return out
 
@@ -135,4 +139,4 @@ def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[in
                              prompts=prompts or None)
     # the trained head beside the ST modules: embedtrain.load / eval / decode of the export read it
     shutil.copy2(final / WEIGHTS, tmp / WEIGHTS)
-    return _save(st, meta, out, tmp, hf_dir)
+    return _save(st, meta, out, tmp, hf_dir, run_dir, prompts)

@@ -33,7 +33,7 @@ LAYERS = [  # (module prefix, layer): the longest matching prefix wins
 # Dependencies imported inside functions on purpose: optional extras, heavy imports only some paths need,
 # a module that only exists in some torch releases, and deepspeed in a helper inference code also imports.
 ALLOWED_DEFERRED = {"mteb", "sentence_transformers", "sklearn", "flash_attn", "gguf", "datasets", "matplotlib",
-                    "peft", "deepspeed", "torch.nn.attention.varlen"}
+                    "peft", "deepspeed", "torch.nn.attention.varlen", "wandb", "torch.utils.tensorboard"}
 # Our modules that import heavy optional dependencies at their top (mteb + datasets), and the modules
 # allowed to import ours lazily: the CLI (each command imports what it runs) and the package root
 # (`import embedtrain` stays free of torch).

@@ -24,6 +24,12 @@ class RunConfig:
     # Keep the weights of the best evaluation step (eval.every_steps, eval.best_metric) in best/, and
     # best.json (step, metric, scores); final/ still holds the last step.
     keep_best: bool = False
+    # Step metrics also to these (metrics.jsonl is always written): TensorBoard event files in
+    # run_dir/tensorboard, Weights & Biases (offline by default, under run_dir/wandb), run_dir/metrics.csv.
+    report_to: list[Literal["tensorboard", "wandb", "csv"]] = field(default_factory=list)
+    wandb_project: str = "embedtrain"
+    wandb_entity: Optional[str] = None
+    wandb_mode: Literal["offline", "online"] = "offline"  # offline: no network; `wandb sync` uploads later
 
 
 @dataclass

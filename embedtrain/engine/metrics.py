@@ -22,9 +22,11 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class MetricsLogger:
+    """monitors: TensorBoard / W&B / CSV writers (engine/monitors.py) that get every metrics.jsonl line too."""
+
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, log_every: int, enabled: bool,
-                 progress_bar: bool):
-        self.enabled, self.log_every = enabled, log_every
+                 progress_bar: bool, monitors: list = ()):
+        self.enabled, self.log_every, self.monitors = enabled, log_every, list(monitors)
         self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
         self.bar = None
         if enabled and progress_bar:
@@ -42,6 +44,8 @@ class MetricsLogger:
                                  pack=f"{metrics['packing_efficiency']:.3f}", **extra)
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.file.flush()
+        for monitor in self.monitors:
+            monitor.log(step, metrics)
         if step % self.log_every == 0 or step == 1:
             text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
             (self.bar.write if self.bar is not None else log.info)(f"step {step}: {text}")
@@ -51,3 +55,6 @@ class MetricsLogger:
             self.bar.close()
         if self.file is not None:
             self.file.close()
+        for monitor in self.monitors:
+            monitor.close()
+        self.monitors = []

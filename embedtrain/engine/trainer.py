@@ -18,6 +18,7 @@ from embedtrain.engine.checkpoint import load_checkpoint, save_checkpoint
 from embedtrain.engine.evaluator import Evaluator
 from embedtrain.engine.final import save_final, save_weights
 from embedtrain.engine.metrics import MetricsLogger
+from embedtrain.engine.monitors import open_monitors
 from embedtrain.engine.preemption import StopSignals, write_status
 from embedtrain.engine.session import build_session, train_step
 from embedtrain.engine.watchdog import RankWatchdog
@@ -40,7 +41,13 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     run_dir = Path(cfg.run.output_dir)
     if device.type == "cpu" and rank == 0:
         log.info("CPU: %d torch threads per rank", torch.get_num_threads())
-    s = build_session(cfg, origin, device)
+    monitors = open_monitors(cfg, run_dir) if rank == 0 and cfg.run.report_to else []  # a missing package fails here
+    try:
+        s = build_session(cfg, origin, device)
+    except BaseException:
+        for monitor in monitors:
+            monitor.close()
+        raise
     engine, objective, builder, text_tok = s.engine, s.objective, s.builder, s.text_tok
     tokenizer = s.tokenizer
     if rank == 0:
@@ -68,7 +75,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     before = evaluator.retrieval("before training") if start == 0 else None
 
     metrics_log = MetricsLogger(run_dir, cfg.train.steps, start, cfg.run.log_every, rank == 0,
-                                cfg.run.progress_bar)
+                                cfg.run.progress_bar, monitors)
     engine.train()
     losses = []
     signals = StopSignals()
