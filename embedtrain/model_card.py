@@ -72,11 +72,12 @@ def _model_section(summary: dict, meta: dict, path: str) -> list[str]:
     lora = summary.get("lora") or {}
     if lora.get("enabled"):
         lines.append(f"- LoRA r {lora.get('r')}, alpha {lora.get('alpha')}; merged into the exported weights")
-    elif meta.get("kind") != "compression":
+    elif "lora" in summary and meta.get("kind") != "compression":
         lines.append("- All weights trained (no LoRA)")
-    pooling = summary.get("pooling")
-    lines.append(f"- Pooling: {POOLING.get(pooling, pooling)}")
-    lines.append(f"- Attention: {summary.get('attention', 'causal')}")
+    if summary.get("pooling"):
+        lines.append(f"- Pooling: {POOLING.get(summary['pooling'], summary['pooling'])}")
+    if summary.get("attention"):
+        lines.append(f"- Attention: {summary['attention']}")
     if summary.get("embedding_dim"):
         lines.append(f"- Embedding dimension: {summary['embedding_dim']}, L2-normalised")
     dims = summary.get("matryoshka_dims")
@@ -85,7 +86,7 @@ def _model_section(summary: dict, meta: dict, path: str) -> list[str]:
                      f"to work alone: `SentenceTransformer({path!r}, truncate_dim={min(dims)})`, or "
                      f"`encode(..., dim={min(dims)})` in embedtrain")
     if "weights_step" in summary:
-        lines.append(f"- Weights of checkpoint step {summary['weights_step']}")
+        lines.append(f"- Weights: training step {summary['weights_step']} (`{Path(summary['weights_dir']).name}/`)")
     return lines
 
 
@@ -112,7 +113,7 @@ def _training_section(summary: dict) -> list[str]:
         lines.append(f"- Learning rate: {train['lr']} ({train.get('schedule', '?')} schedule, "
                      f"{train.get('warmup_steps', 0)} warmup steps)")
     if "train_time_s" in summary:
-        lines.append(f"- Training time: {summary['train_time_s']:.1f} s (evaluation excluded)")
+        lines.append(f"- Training time: {summary['train_time_s']:.3g} s (evaluation excluded)")
     return lines
 
 
@@ -132,8 +133,10 @@ def _evaluation_section(summary: dict) -> list[str]:
     metrics = list(dict.fromkeys(m for _, scores in columns for m in scores))
     lines += ["| metric | " + " | ".join(h for h, _ in columns) + " |", "| --- |" + " --- |" * len(columns)]
     lines += [f"| {m} | " + " | ".join(_num(s[m]) if m in s else "" for _, s in columns) + " |" for m in metrics]
-    return lines + ["", "retrieval/*: the run's held-out pairs (eval.retrieval), each query ranked against every "
-                        "held-out positive; suite/*: offline-suite tasks scored through mteb."]
+    notes = {"retrieval/": "retrieval/*: the run's held-out pairs (eval.retrieval), each query ranked against "
+                           "every held-out positive.",
+             "suite/": "suite/*: offline-suite tasks (eval.tasks) scored through mteb."}
+    return lines + [""] + [note for prefix, note in notes.items() if any(m.startswith(prefix) for m in metrics)]
 
 
 def _usage_section(meta: dict, prompts: dict, path: str, remote: bool) -> list[str]:
@@ -148,8 +151,8 @@ def _usage_section(meta: dict, prompts: dict, path: str, remote: bool) -> list[s
         lines.append(f"queries = model.encode([{SAMPLE_QUERY!r}], prompt_name={query_prompt!r})")
     lines += [f"documents = model.encode([{SAMPLE_DOC!r}])", "```", ""]
     if remote:
-        lines += ["`trust_remote_code=True` lets sentence-transformers import embedtrain's modules "
-                  "(`pip install embedtrain`).", ""]
+        lines += ["`trust_remote_code=True` lets sentence-transformers import embedtrain's modules (embedtrain must "
+                  "be installed).", ""]
     if prompts:
         lines.append("Prompts (`prompt_name=`):")
         lines += [f"- `{name}`" + (f": {instructions[name]}" if name in instructions else "")
@@ -167,12 +170,12 @@ def _usage_section(meta: dict, prompts: dict, path: str, remote: bool) -> list[s
 def render_model_card(summary: dict, meta: dict, prompts: dict | None, path: str, remote: bool) -> str:
     """The card's text; path: how the snippets name the folder, remote: whether loading needs embedtrain."""
     license_ = base_model_license(summary.get("base_model"))
-    base = summary.get("base_model", "the base model")
+    base = f"`{summary['base_model']}`" if summary.get("base_model") else "an unrecorded base model"
     title = Path(path).name or path
-    intro = [f"# {title}", "", f"A text embedding model trained from `{base}` with embedtrain."]
+    intro = [f"# {title}", "", f"A text embedding model trained from {base} with embedtrain."]
     licence = ["## Licence", ""]
     licence.append(f"{license_}, the base model's licence." if license_ else
-                   f"The licence is that of the base model `{base}`, whose folder states none; check it "
+                   f"The licence is that of the base model ({base}), whose folder states none; check it "
                    "before redistributing.")
     parts = [intro, _model_section(summary, meta, path), _training_section(summary),
              _evaluation_section(summary), _usage_section(meta, prompts or {}, path, remote), licence]

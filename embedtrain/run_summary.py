@@ -162,6 +162,17 @@ def _embedding_dim(meta: dict, weights: Path | None, base: str | None) -> int | 
     return next((n for n in (_hidden_size(f) for f in folders if f is not None) if n), None)
 
 
+def _weights_step(weights: Path | None, summary: dict) -> int | None:
+    """The step whose weights the weights folder holds: a checkpoint's tag, best/'s best step, final/'s last."""
+    if weights is None:
+        return None
+    if weights.name == "weights" and weights.parent.name.startswith("step"):
+        return int(weights.parent.name[len("step"):])
+    if weights.name == "best":
+        return ((summary.get("evaluation") or {}).get("best") or {}).get("step")
+    return summary.get("steps_done") if weights.name == "final" and "run_dir" in summary else None
+
+
 def summarize(path: str | Path) -> dict:
     """A JSON-ready dict of what the run at `path` did (see the module docstring); unknown fields are left out.
     Raises FileNotFoundError when `path` is no run directory, weights folder or export."""
@@ -184,8 +195,6 @@ def summarize(path: str | Path) -> dict:
            "matryoshka_dims": meta.get("matryoshka_dims") or (options or {}).get("matryoshka_dims")}
     if meta.get("kind") == "compression":
         out["compression"] = {k: meta.get(k) for k in ("thought_tokens", "compression_tokens", "teacher_dim")}
-    if weights is not None and weights.name == "weights" and weights.parent.name.startswith("step"):
-        out["weights_step"] = int(weights.parent.name[len("step"):])
     if run is not None:
         base_dir = _training_dir(run, cfg)
         out["data"] = [_data_source(str(p), base_dir) for p in data.get("train") or []] or None
@@ -202,6 +211,7 @@ def summarize(path: str | Path) -> dict:
         out["evaluation"] = _evaluation(run, rows, cfg) or None
         out["checkpoints"] = _checkpoints(run)
         out["final"] = (run / "final" / META).is_file()
+    out["weights_step"] = _weights_step(weights, out)
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -212,6 +222,9 @@ def _fmt(value) -> str:
 def format_summary(s: dict) -> str:
     """A few lines for a terminal: what `embedtrain info` prints."""
     lines = [f"{s['path']} ({s['kind']})"]
+    if "weights_dir" in s:
+        step = f" (step {s['weights_step']})" if "weights_step" in s else ""
+        lines.append(f"weights: {s['weights_dir']}{step}")
     if "base_model" in s:
         lines.append(f"base model: {s['base_model']}")
     if "objective" in s:
@@ -234,7 +247,8 @@ def format_summary(s: dict) -> str:
         lines.append("scores: none logged")
     if "checkpoints" in s:
         ck = s["checkpoints"]
-        lines.append(f"checkpoints: {', '.join(ck['tags']) or 'none'}" + (f" (latest {ck['latest']})" if ck["latest"] else ""))
+        latest = f" (latest {ck['latest']})" if ck["latest"] else ""
+        lines.append(f"checkpoints: {', '.join(ck['tags']) or 'none'}{latest}")
     if "final" in s:
         lines.append(f"final/: {'present' if s['final'] else 'missing'}")
     if "matryoshka_dims" in s:
