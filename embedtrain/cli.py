@@ -21,6 +21,7 @@ def _train(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from embedtrain.data.jsonl import DataError
+    from embedtrain.engine.guards import TooManyBadSteps
     from embedtrain.engine.preemption import REQUEUE_EXIT_CODE
     from embedtrain.engine.trainer import train
 
@@ -31,7 +32,7 @@ def _train(args) -> int:
         resume = latest_tag(Path(cfg.run.output_dir) / "checkpoints") is not None
     try:
         result = train(cfg, origin, resume=resume)
-    except (DataError, RecipeError, FileNotFoundError) as exc:
+    except (DataError, RecipeError, FileNotFoundError, TooManyBadSteps) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return REQUEUE_EXIT_CODE if result["preempted"] else 0

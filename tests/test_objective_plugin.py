@@ -17,9 +17,8 @@ from embedtrain.data.jsonl import build_index
 from embedtrain.data.packing import TextTokenizer
 from embedtrain.model.embedder import build_model, load_tokenizer
 from embedtrain.objectives.base import embed_batch
-from embedtrain.tiny import make_tiny_model
-
-from test_distributed import DATA, _env
+from plugin_helpers import plugin_setup
+from test_distributed import _env
 
 PLUGIN = '''
 import sys
@@ -52,20 +51,13 @@ class ToyPull(Objective):
         loss = self.options.weight * (1 - F.cosine_similarity(emb[:q], emb[q:2 * q])).mean()
         return loss, {"loss": loss.item()}
 
-
-if __name__ == "__main__":
-    from embedtrain.cli import main
-
-    sys.exit(main())
 '''
 
 
 @pytest.fixture(scope="module")
 def plugin_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("plugin")
-    model = make_tiny_model("chatml", root / "model")
-    (root / "train.jsonl").write_text("".join(open(DATA).readlines()[:32]))
-    (root / "toy_plugin.py").write_text(PLUGIN)
+    model = plugin_setup(root, "toy_plugin", PLUGIN, 32)
     (root / "r.yaml").write_text(textwrap.dedent(f"""
         run: {{output_dir: {root / 'run'}, progress_bar: false, log_every: 1, seed: 3}}
         model: {{path: {model}, family: chatml, pooling: mean}}

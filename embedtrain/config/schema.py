@@ -86,6 +86,9 @@ class TrainConfig:
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0  # 0 disables clipping
+    # A step whose loss or gradient norm is not finite is skipped on every rank (no update); after this many
+    # such steps the run stops with a checkpoint of the state before the last one.
+    max_bad_steps: int = 10
 
 
 @dataclass

@@ -45,6 +45,8 @@ def validate_recipe(cfg: RecipeConfig, origin: dict) -> None:
                             ("train.steps", t.steps, 1), ("run.log_every", cfg.run.log_every, 1)):
         if value < low:
             fail(origin, key, f"must be >= {low}, got {value}")
+    if t.max_bad_steps < 0:
+        fail(origin, "train.max_bad_steps", f"must be >= 0 (0: stop at the first non-finite step), got {t.max_bad_steps}")
     if t.lr <= 0:
         fail(origin, "train.lr", f"must be > 0, got {t.lr}")
     if t.warmup_steps > t.steps:

@@ -56,7 +56,8 @@ def build_ds_config(cfg: RecipeConfig, world_size: int) -> dict:
         gradient_accumulation_steps=gas,
         train_batch_size=micro * gas * world_size,
         gradient_clipping=cfg.train.grad_clip,
-        bf16={"enabled": cfg.model.dtype == "bfloat16"},
+        # bf16 ZeRO skips a step with a non-finite gradient norm only when asked (fp32 ZeRO always does)
+        bf16={"enabled": True, "check_grad_overflow": True} if cfg.model.dtype == "bfloat16" else {"enabled": False},
         managed_gradient_accumulation=False,
         steps_per_print=10**9,  # embedtrain logs itself
         wall_clock_breakdown=False,

@@ -21,6 +21,7 @@ from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, rank_slice
 from embedtrain.data.jsonl import JsonlIndex, build_index
 from embedtrain.data.packing import TextTokenizer
 from embedtrain.engine.ds_config import batch_plan, build_ds_config
+from embedtrain.engine.guards import install_step_skip, is_bad
 from embedtrain.engine.metrics import peak_memory_gb
 from embedtrain.engine.schedule import build_optimizer, build_scheduler
 from embedtrain.flops import measure_matmul_tflops
@@ -95,6 +96,7 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
     _record_grad_norm(engine)
+    install_step_skip(engine)
     return Session(cfg, device, rank, world, options, index, order, micro_global, gas, tokenizer, objective,
                    text_tok, builder, scheduler, engine, _peak_tflops(cfg, device), flops)
 
@@ -151,6 +153,7 @@ def train_step(s: Session, step: int) -> dict:
         sums["flops"] += out.pop("flops", 0.0)
         for k, v in out.items():
             acc[k] = acc.get(k, 0.0) + v / s.gas
+    skipped_before = engine.skipped_steps
     engine.step()
     totals = D.all_reduce_sum(sums, s.device)
     metrics = D.all_reduce_mean(acc, s.device)
@@ -165,4 +168,9 @@ def train_step(s: Session, step: int) -> dict:
                    model_flops=totals["flops"], model_tflops=totals["flops"] / dt / 1e12 / s.world)
     if s.peak_tflops:
         metrics["mfu"] = metrics["model_tflops"] / s.peak_tflops
+    # update_skipped: the optimizer skipped this step (non-finite gradient: weights, optimizer state and
+    # schedule unchanged); bad_step: that, or a non-finite loss or gradient norm (engine/guards.py)
+    skipped = engine.skipped_steps > skipped_before
+    metrics["update_skipped"] = int(skipped)
+    metrics["bad_step"] = int(is_bad(metrics["loss"], None if grad_norm is None else float(grad_norm), skipped))
     return metrics

@@ -14,9 +14,10 @@ import yaml
 
 from embedtrain import distributed as D
 from embedtrain.config.schema import RecipeConfig
-from embedtrain.engine.checkpoint import load_checkpoint, save_checkpoint
+from embedtrain.engine.checkpoint import latest_tag, load_checkpoint, save_checkpoint
 from embedtrain.engine.evaluator import Evaluator
 from embedtrain.engine.final import save_final, save_weights
+from embedtrain.engine.guards import TooManyBadSteps
 from embedtrain.engine.metrics import MetricsLogger
 from embedtrain.engine.monitors import open_monitors
 from embedtrain.engine.preemption import StopSignals, write_status
@@ -61,9 +62,10 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     write_weights = None
     if cfg.run.checkpoint_weights:  # final/'s files per checkpoint: evaluable and init_from-able mid-run
         write_weights = partial(save_weights, objective, engine.module, cfg, tokenizer, zero_stage=zero_stage)
-    start = 0
+    start, bad_steps = 0, 0
     if resume:
-        start = load_checkpoint(engine, ckpt_root, device)["step"]
+        state = load_checkpoint(engine, ckpt_root, device)
+        start, bad_steps = state["step"], state.get("bad_steps", 0)
     else:
         torch.manual_seed(cfg.run.seed + rank)  # dropout differs between ranks
     eval_tok = objective.text_format(text_tok)
@@ -86,13 +88,31 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
             losses.append(metrics["loss"])
             done = step + 1 == cfg.train.steps
             preempted = signals.should_stop(device)
+            bad_steps += metrics["bad_step"]
+            metrics["bad_steps"] = bad_steps
             if evaluator.due(step + 1) and not preempted:  # outside train_step: not in its time or tokens/s
                 metrics.update(evaluator.step(step + 1))
             metrics_log.step(step + 1, metrics)
+            trainer_state = {"seed": cfg.run.seed, "bad_steps": bad_steps}
+            if metrics["bad_step"]:
+                too_many = bad_steps > cfg.train.max_bad_steps
+                _report_bad_step(step + 1, metrics, bad_steps, cfg.train.max_bad_steps)
+                if too_many:  # the state before this step (unchanged when the update was skipped)
+                    kept = step + 1 - metrics["update_skipped"]
+                    before_state = dict(trainer_state, bad_steps=bad_steps - metrics["update_skipped"])
+                    if latest_tag(ckpt_root) != f"step{kept:08d}":
+                        save_checkpoint(engine, ckpt_root, kept, before_state, cfg.run.keep_checkpoints, device,
+                                        write_weights)
+                    metrics_log.close()
+                    _finish(watchdog)
+                    raise TooManyBadSteps(
+                        f"step {step + 1}: {bad_steps} steps with a non-finite loss or gradient norm, more than "
+                        f"train.max_bad_steps={cfg.train.max_bad_steps}; stopped. {ckpt_root / f'step{kept:08d}'} "
+                        "holds the state before it: lower train.lr or check the data, then continue with --resume")
             stop = step + 1 == cfg.run.stop_at_step or preempted
             if done or stop or (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0):
                 # a preempted job's grace period goes to the resumable state only, not to a weights copy
-                save_checkpoint(engine, ckpt_root, step + 1, {"seed": cfg.run.seed},
+                save_checkpoint(engine, ckpt_root, step + 1, trainer_state,
                                 cfg.run.keep_checkpoints, device, None if preempted else write_weights)
             if stop and not done:
                 metrics_log.close()
@@ -132,6 +152,13 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
         if watchdog is not None:
             watchdog.stop()
         signals.restore()
+
+
+def _report_bad_step(step: int, metrics: dict, bad_steps: int, limit: int) -> None:
+    what = ("skipped on every rank: weights, optimizer and schedule unchanged" if metrics["update_skipped"]
+            else "applied: its gradient was finite")
+    log.warning("step %d: loss %s, gradient norm %s: the update was %s (%d non-finite step(s); train.max_bad_steps=%d)",
+                step, metrics["loss"], metrics["grad_norm"], what, bad_steps, limit)
 
 
 def _finish(watchdog) -> None:
