@@ -137,3 +137,44 @@ def test_card_without_scores_or_licence(tmp_path):
     assert "license" not in yaml.safe_load(card.split("---\n")[1])
     assert "trust_remote_code=True" in card  # a bidirectional export loads embedtrain's module
     assert "trust_remote_code" not in render_model_card(summary, {}, None, "x", remote=False)
+
+
+def test_matryoshka_sizes_and_truncation_carry_into_the_export(run, tmp_path):
+    """The trained sizes reach the export's embedtrain.json; sentence-transformers' truncate_dim on the export
+    equals embedtrain's encode(dim=); `embedtrain eval --dim` scores the truncated vectors."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    import embedtrain
+    from embedtrain.evaluation.mteb_encoder import evaluate_encoder, load_instructions, make_encoder, resolve_tasks
+    from test_eval_suite_offline import _write_mini_suite
+
+    root, out = run
+    assert json.loads((out / "embedtrain.json").read_text())["matryoshka_dims"] == [16, 32]
+    texts = ["a small domesticated carnivorous mammal", "sea", "the act of running quickly over a long distance"]
+    ours = embedtrain.load(out)
+    st = SentenceTransformer(str(out), device="cpu", truncate_dim=16)
+    got = torch.nn.functional.normalize(st.encode(texts, convert_to_tensor=True), dim=-1)
+    want = ours.encode(texts, dim=16)
+    assert got.shape == want.shape == (3, 16) and (got * want).sum(-1).min() >= 0.9999
+    full = ours.encode(texts)
+    assert (want - torch.nn.functional.normalize(full[:, :16], dim=-1)).abs().max() <= 1e-6
+    with pytest.raises(ValueError, match=r"dim must be an integer in \[1, 64\]"):
+        ours.encode(texts, dim=65)
+
+    suite = tmp_path / "suite"
+    _write_mini_suite(suite)
+    proc = _cli("eval", out, "--suite", suite, "--tasks", "MiniRetrieval", "MiniSTS", "--dim", 16,
+                "--output", tmp_path / "eval16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scores = json.loads((tmp_path / "eval16" / "scores.json").read_text())
+
+    def truncated(texts, instruction):  # the reference: the full vectors cut to 16 here, then normalised
+        full = ours.encode(texts, instruction=instruction, normalize=False)
+        return torch.nn.functional.normalize(full[:, :16], dim=-1)
+
+    encoder = make_encoder(truncated, "reference", 16, load_instructions(None, str(suite)))
+    ref = evaluate_encoder(encoder, resolve_tasks(["MiniRetrieval", "MiniSTS"], str(suite)), tmp_path / "ref", "ref")
+    assert scores.keys() == ref.keys() and all(abs(scores[k] - ref[k]) <= 1e-6 for k in ref)
+    bad = _cli("eval", out, "--suite", suite, "--tasks", "MiniSTS", "--dim", 65, "--output", tmp_path / "bad")
+    assert bad.returncode == 2 and "--dim: dim must be an integer in [1, 64]" in bad.stderr
