@@ -1,7 +1,7 @@
 """Stability guards at world size 2: a NaN loss on ONE rank skips the step on both (no rank diverges: weights,
 optimizer and schedule unchanged, the same on every rank), is counted and logged; past train.max_bad_steps the
 run stops with a clear message and a checkpoint of the state before the bad step. ZeRO 0 (embedtrain's own
-skip for the plain optimizer) and ZeRO 2 (DeepSpeed's)."""
+skip for the plain optimizer), ZeRO 2 and 3 (DeepSpeed's)."""
 import json
 import os
 import subprocess
@@ -79,7 +79,7 @@ def _same(a, b):
     return set(a) == set(b) and all((a[k] - b[k]).abs().max().item() == 0 for k in a)
 
 
-@pytest.mark.parametrize("stage", [0, 2])
+@pytest.mark.parametrize("stage", [0, 2, 3])
 def test_a_nan_on_one_rank_skips_the_step_on_both(setup, stage):
     root = setup
     proc = _run(root, f"skip{stage}", "3", f"deepspeed.zero_stage={stage}")
