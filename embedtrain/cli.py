@@ -46,7 +46,7 @@ def _check(args) -> int:
 
     try:
         cfg, origin = load_recipe(args.recipe, args.set or [])
-        index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
+        index = build_index(cfg.data.sources(), cfg.data.skip_bad_lines)
         check_eval_suite(cfg, origin)
     except (RecipeError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -93,9 +93,13 @@ def _training_dir(run: Path, cfg: dict) -> Path | None:
     return full.parents[n - 1] if len(full.parts) > n and full.parts[-n:] == out.parts else None
 
 
-def _data_source(name: str, base: Path | None) -> dict:
-    """A data.train entry and its example count: non-blank lines of a JSONL file, a generated folder's
-    manifest rows, or None when neither can be read."""
+def _data_source(entry, base: Path | None) -> dict:
+    """A data.train entry (a path, or a mapping with path / weight / max_examples) and its example count:
+    non-blank lines of a JSONL file, a generated folder's manifest rows, or None when neither can be read."""
+    if isinstance(entry, dict):
+        extra = {k: entry[k] for k in ("weight", "max_examples") if entry.get(k) is not None}
+        return {**_data_source(str(entry.get("path", "")), base), **extra}
+    name = str(entry)
     raw = Path(name)
     candidates = [raw] if raw.is_absolute() else [c for c in (base / raw if base else None, raw) if c is not None]
     path = next((c for c in candidates if c.exists()), None)
@@ -197,7 +201,7 @@ def summarize(path: str | Path) -> dict:
         out["compression"] = {k: meta.get(k) for k in ("thought_tokens", "compression_tokens", "teacher_dim")}
     if run is not None:
         base_dir = _training_dir(run, cfg)
-        out["data"] = [_data_source(str(p), base_dir) for p in data.get("train") or []] or None
+        out["data"] = [_data_source(e, base_dir) for e in data.get("train") or []] or None
         out["train"] = {k: train[k] for k in ("steps", "batch_size", "grad_accum", "lr", "schedule",
                                               "warmup_steps") if k in train} or None
         out["steps_planned"] = train.get("steps")

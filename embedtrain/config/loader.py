@@ -139,15 +139,17 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
+        errors = {}
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key, where)
             except RecipeError as exc:
-                errors.append(str(exc))
-        raise RecipeError(errors[0] if errors else f"{where}: {key}: bad value {value!r}")
+                errors[arg] = str(exc)
+        # a mapping meant the section type: its own error (an unknown key) says more than "must be str"
+        section = next((a for a in errors if isinstance(value, dict) and dataclasses.is_dataclass(a)), None)
+        raise RecipeError(errors[section] if section else next(iter(errors.values()), f"{where}: {key}: bad value {value!r}"))
     if origin is Literal:
         if value not in get_args(tp):
             choices = ", ".join(map(repr, get_args(tp)))
@@ -163,6 +165,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise RecipeError(f"{where}: {key} must be a mapping, got {type(value).__name__}")
         _, val_tp = get_args(tp)
         return {str(k): _coerce(v, val_tp, f"{key}.{k}", where) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):  # a section inside a list or a union (e.g. a data.train entry)
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: {key} must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}, "
+                              f"got {type(value).__name__} ({value!r})")
+        return build_dataclass(tp, value, {}, f"{key}.", where)
     if tp is Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):

@@ -7,7 +7,7 @@ Objective-specific options are dataclasses of their own (config/objective_option
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 
 @dataclass
@@ -56,8 +56,23 @@ class ModelConfig:
 
 
 @dataclass
+class DataSource:
+    """A data.train entry written as a mapping; a plain string entry is {path: STRING}."""
+
+    path: str = ""
+    weight: Optional[float] = None  # data.mixing: weights: this entry's share of the steps (default 1)
+    max_examples: Optional[int] = None  # train on a seeded random subset of at most this many examples
+
+
+@dataclass
 class DataConfig:
-    train: list[str] = field(default_factory=list)
+    # JSONL files and `embedtrain generate` folders: a path, or {path, weight, max_examples}
+    train: list[Union[str, DataSource]] = field(default_factory=list)
+    # How steps are shared between entries: size (each epoch visits every example once, so entries share
+    # steps by their sizes), weights (entry weights), temperature (size^(1/mixing_temperature), as E5/GTE do).
+    # weights / temperature draw each step's entry at random (a pure function of seed and step).
+    mixing: Literal["size", "weights", "temperature"] = "size"
+    mixing_temperature: float = 2.0
     max_length: int = 512  # tokens per text, template and EOS included
     max_tokens_per_batch: int = 8192  # token budget of one packed stream
     pad_to_multiple_of: int = 1  # pad each packed stream (GPU kernels like multiples of 64)
@@ -67,6 +82,9 @@ class DataConfig:
     max_negatives: Optional[int] = None  # use at most this many hard negatives per example (the first ones)
     skip_bad_lines: bool = False
     same_task_batches: bool = True
+
+    def sources(self) -> list[DataSource]:
+        return [DataSource(path=e) if isinstance(e, str) else e for e in self.train]
 
 
 @dataclass

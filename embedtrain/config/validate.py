@@ -30,6 +30,7 @@ def validate_recipe(cfg: RecipeConfig, origin: dict) -> None:
         fail(origin, "model.family", f"unknown family {cfg.model.family!r}; {hint}known: auto, {', '.join(FAMILIES)}")
     if not cfg.data.train:
         fail(origin, "data.train", "is required: a list of JSONL files")
+    _validate_mixing(cfg, origin)
     if cfg.data.max_length < 4:
         fail(origin, "data.max_length", f"must be >= 4, got {cfg.data.max_length}")
     if cfg.data.max_length > cfg.data.max_tokens_per_batch:
@@ -80,6 +81,22 @@ def validate_recipe(cfg: RecipeConfig, origin: dict) -> None:
     if problem:
         key, message = problem
         fail(origin, key, message)
+
+
+def _validate_mixing(cfg: RecipeConfig, origin: dict) -> None:
+    d = cfg.data
+    for i, src in enumerate(d.sources()):
+        key = f"data.train[{i}]"
+        if not src.path:
+            fail(origin, "data.train", f"{key} has no path")
+        if src.weight is not None and not src.weight > 0:
+            fail(origin, "data.train", f"{key}.weight must be > 0, got {src.weight}")
+        if src.weight is not None and d.mixing != "weights":
+            fail(origin, "data.train", f"{key}.weight is used with data.mixing: weights (data.mixing is {d.mixing!r})")
+        if src.max_examples is not None and src.max_examples < 1:
+            fail(origin, "data.train", f"{key}.max_examples must be >= 1, got {src.max_examples}")
+    if not d.mixing_temperature > 0:
+        fail(origin, "data.mixing_temperature", f"must be > 0, got {d.mixing_temperature}")
 
 
 def best_metric(cfg: RecipeConfig) -> str:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from embedtrain.config.schema import DataConfig
 from embedtrain.data.jsonl import Example, JsonlIndex
+from embedtrain.data.mixing import MixedBatchOrder
 from embedtrain.data.packing import PackedStream, TextTokenizer, TokenizedText, pack_on_every_rank
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,16 @@ class BatchOrder:
     def global_batch_ids(self, k: int) -> np.ndarray:
         """Example ids of global batch k (optimizer step k): (global_batch,)."""
         return self._epoch(k // self.batches_per_epoch)[k % self.batches_per_epoch]
+
+
+def make_batch_order(index: JsonlIndex, global_batch: int, seed: int, data: DataConfig):
+    """BatchOrder (every example once per epoch: entries share steps by size), or, with data.mixing weights /
+    temperature or a data.train entry's max_examples, a MixedBatchOrder (data/mixing.py)."""
+    if data.mixing == "size" and all(s.max_examples is None for s in index.sources):
+        return BatchOrder(index, global_batch, seed, data.same_task_batches)
+    order = MixedBatchOrder(index, global_batch, seed, data.same_task_batches, data.mixing, data.mixing_temperature)
+    log.info("data mix (data.mixing: %s), share of steps: %s", data.mixing, order.describe())
+    return order
 
 
 @dataclass

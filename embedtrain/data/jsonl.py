@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embedtrain.config.schema import DataSource
 from embedtrain.data.generated import TargetReader, load_manifest, shard_stem
 from embedtrain.data.rows import PAIR_FIELDS, DataError, Example, parse_example, parse_row
 
@@ -38,6 +39,8 @@ class JsonlIndex:
     row: np.ndarray | None = None  # (E,) int64
     teacher_dim: int | None = None
     _targets: object = None
+    source_id: np.ndarray | None = None  # (E,) int32: which data.train entry the example comes from
+    sources: list | None = None  # the data.train entries (DataSource), in order
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -58,13 +61,17 @@ class JsonlIndex:
                        self._targets.read(target_file, int(self.row[i])))
 
 
-def build_index(paths: list[str], skip_bad_lines: bool = False) -> JsonlIndex:
-    """Scan and validate every line. Bad lines raise, or with skip_bad_lines are counted and logged."""
+def build_index(paths: list[str | DataSource], skip_bad_lines: bool = False) -> JsonlIndex:
+    """Scan and validate every line of every data.train entry (a path, or a DataSource). Bad lines raise,
+    or with skip_bad_lines are counted and logged."""
+    sources = [DataSource(path=str(p)) if isinstance(p, (str, Path)) else p for p in paths]
     file_id, offset, line_no, task_id, rows = [], [], [], [], []
     tasks: dict[str, int] = {}
     skipped, reasons = 0, []
-    files, target_files, dims = [], [], set()
-    for path in paths:
+    files, target_files, dims, file_source = [], [], set(), []
+    for si, src in enumerate(sources):
+        path = src.path
+        first = len(files)
         if Path(path).is_dir():
             meta = load_manifest(path)
             dims.add(meta["teacher_dim"])
@@ -73,6 +80,7 @@ def build_index(paths: list[str], skip_bad_lines: bool = False) -> JsonlIndex:
                 files.append((f"{stem}.jsonl", f"{stem}.safetensors", Path(path).name))
         else:
             files.append((path, None, Path(path).stem))
+        file_source += [si] * (len(files) - first)
     for fi, (path, target_file, default_task) in enumerate(files):
         p = Path(path)
         if not p.is_file():
@@ -116,11 +124,13 @@ def build_index(paths: list[str], skip_bad_lines: bool = False) -> JsonlIndex:
         log.warning("skipped %d bad data line(s) (data.skip_bad_lines); the first %d:\n  %s", skipped,
                     min(5, skipped), "\n  ".join(reasons))
     if not offset:
-        raise DataError(f"no examples in {', '.join(paths)}")
+        raise DataError(f"no examples in {', '.join(s.path for s in sources)}")
     if len(dims) > 1:
         raise DataError(f"generated folders in data.train have teacher targets of different sizes {sorted(dims)}; "
                         "train on folders made with one teacher")
     teacher_dim = dims.pop() if dims and all(t is not None for t in target_files) else None
-    return JsonlIndex([f[0] for f in files], np.array(file_id, np.int32), np.array(offset, np.int64),
+    file_id = np.array(file_id, np.int32)
+    return JsonlIndex([f[0] for f in files], file_id, np.array(offset, np.int64),
                       np.array(line_no, np.int64), np.array(task_id, np.int32), list(tasks), skipped,
-                      target_files, np.array(rows, np.int64), teacher_dim)
+                      target_files, np.array(rows, np.int64), teacher_dim,
+                      source_id=np.array(file_source, np.int32)[file_id], sources=sources)

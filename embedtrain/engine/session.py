@@ -17,7 +17,7 @@ from deepspeed.runtime.utils import clip_grad_norm_
 from embedtrain import distributed as D
 from embedtrain.config.schema import RecipeConfig
 from embedtrain.config.validate import check_eval_suite
-from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, rank_slice
+from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, make_batch_order, rank_slice
 from embedtrain.data.jsonl import JsonlIndex, build_index
 from embedtrain.data.packing import TextTokenizer
 from embedtrain.engine.ds_config import batch_plan, build_ds_config
@@ -40,7 +40,7 @@ class Session:
     world: int
     options: object  # the objective's typed options (cfg.options())
     index: JsonlIndex
-    order: BatchOrder
+    order: BatchOrder  # or data/mixing.py's MixedBatchOrder (same interface)
     micro_global: int  # examples per global micro-batch
     gas: int  # micro-batches per optimizer step
     tokenizer: object
@@ -64,12 +64,12 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
     # Everything that can be wrong with the recipe or the data fails here, before the model loads.
     options = cfg.options()
     ds_config = build_ds_config(cfg, world)
-    index = build_index(cfg.data.train, cfg.data.skip_bad_lines)
+    index = build_index(cfg.data.sources(), cfg.data.skip_bad_lines)
     check_eval_suite(cfg, origin)  # with the data files: before any model loads
     # One optimizer step = one same-task block of micro_global * gas examples, split into gas micro-batches;
     # the examples of a step do not depend on the world size.
     micro_global, gas = batch_plan(cfg, world)
-    order = BatchOrder(index, micro_global * gas, cfg.run.seed, cfg.data.same_task_batches)
+    order = make_batch_order(index, micro_global * gas, cfg.run.seed, cfg.data)
 
     torch.manual_seed(cfg.run.seed)  # identical initial weights (LoRA) on every rank
     tokenizer = load_tokenizer(cfg.model.path)

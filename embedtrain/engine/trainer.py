@@ -124,6 +124,9 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                 return {"losses": losses, "final_dir": None, "eval_before": before, "eval_after": None,
                         "start_step": start, "preempted": preempted, "engine": engine}
         metrics_log.close()
+        if rank == 0 and hasattr(s.order, "realised"):  # a weighted mix: what the steps really drew
+            log.info("data mix realised over %d steps: %s", cfg.train.steps, ", ".join(
+                f"{name} {share:.1%}" for name, share in s.order.realised(cfg.train.steps).items()))
         final_dir = save_final(objective, engine.module, cfg, tokenizer, run_dir, zero_stage, cfg.run.save_merged)
         # the last step's evaluation scored these same weights: reused, not encoded again
         last = evaluator.last_retrieval
