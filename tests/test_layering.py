@@ -34,10 +34,10 @@ LAYERS = [  # (module prefix, layer): the longest matching prefix wins
 # a module that only exists in some torch releases, and deepspeed in a helper inference code also imports.
 ALLOWED_DEFERRED = {"mteb", "sentence_transformers", "sklearn", "flash_attn", "gguf", "datasets", "matplotlib",
                     "peft", "deepspeed", "torch.nn.attention.varlen", "wandb", "torch.utils.tensorboard"}
-# Our modules that import heavy optional dependencies at their top (mteb + datasets), and the modules
+# Our modules that import heavy optional dependencies at their top (mteb, datasets, pyarrow), and the modules
 # allowed to import ours lazily: the CLI (each command imports what it runs) and the package root
 # (`import embedtrain` stays free of torch).
-HEAVY_INTERNAL = {"embedtrain.evaluation.suite_tasks"}
+HEAVY_INTERNAL = {"embedtrain.evaluation.suite_tasks", "embedtrain.data.arrow"}
 LAZY_IMPORTERS = {"embedtrain.cli", "embedtrain"}
 OBJECTIVE_NAMES = re.compile(r"infonce|reconstruction|compression|anchor|llm2vec", re.IGNORECASE)
 

@@ -62,6 +62,9 @@ class DataSource:
     path: str = ""
     weight: Optional[float] = None  # data.mixing: weights: this entry's share of the steps (default 1)
     max_examples: Optional[int] = None  # train on a seeded random subset of at most this many examples
+    # Parquet / datasets entries: our field -> their column(s), e.g. {query: anchor, negative: [neg_1, neg_2]};
+    # unmapped fields use columns of their own name when present
+    columns: Optional[dict[str, Union[str, list[str]]]] = None
 
 
 @dataclass

@@ -95,6 +95,13 @@ def _validate_mixing(cfg: RecipeConfig, origin: dict) -> None:
             fail(origin, "data.train", f"{key}.weight is used with data.mixing: weights (data.mixing is {d.mixing!r})")
         if src.max_examples is not None and src.max_examples < 1:
             fail(origin, "data.train", f"{key}.max_examples must be >= 1, got {src.max_examples}")
+        unknown = set(src.columns or {}) - {"query", "positive", "negative", "task", "instruction"}
+        if unknown:
+            fail(origin, "data.train", f"{key}.columns: unknown field(s) {sorted(unknown)}; map query, positive, "
+                                       "negative, task, instruction")
+        for field, cols in (src.columns or {}).items():
+            if field != "negative" and not isinstance(cols, str):
+                fail(origin, "data.train", f"{key}.columns.{field} must name one column, got {cols!r}")
     if not d.mixing_temperature > 0:
         fail(origin, "data.mixing_temperature", f"must be > 0, got {d.mixing_temperature}")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from embedtrain.config.schema import DataSource
-from embedtrain.data.generated import TargetReader, load_manifest, shard_stem
+from embedtrain.data.generated import MANIFEST, TargetReader, load_manifest, shard_stem
 from embedtrain.data.rows import PAIR_FIELDS, DataError, Example, parse_example, parse_row
 
 __all__ = ["PAIR_FIELDS", "DataError", "Example", "JsonlIndex", "build_index", "parse_example"]
@@ -41,12 +41,16 @@ class JsonlIndex:
     _targets: object = None
     source_id: np.ndarray | None = None  # (E,) int32: which data.train entry the example comes from
     sources: list | None = None  # the data.train entries (DataSource), in order
+    readers: list | None = None  # per file: its ArrowSource (Parquet / datasets entry), None for JSONL
 
     def __len__(self) -> int:
         return len(self.offset)
 
     def read(self, i: int) -> Example:
         fid = int(self.file_id[i])
+        reader = self.readers[fid] if self.readers else None
+        if reader is not None:  # offset: the row in the Arrow entry
+            return reader.example(int(self.offset[i]), self.tasks[self.task_id[i]])
         path = self.files[fid]
         with open(path, "rb") as f:
             f.seek(int(self.offset[i]))
@@ -72,16 +76,28 @@ def build_index(paths: list[str | DataSource], skip_bad_lines: bool = False) -> 
     for si, src in enumerate(sources):
         path = src.path
         first = len(files)
-        if Path(path).is_dir():
+        if is_arrow_source(path):
+            from embedtrain.data.arrow import ArrowSource  # pyarrow + datasets: optional, for these entries only
+
+            files.append((path, None, None, ArrowSource(src, f"data.train[{si}]")))
+        elif Path(path).is_dir():
             meta = load_manifest(path)
             dims.add(meta["teacher_dim"])
             for shard in meta["shards"]:
                 stem = str(Path(path) / shard_stem(shard["index"]))
-                files.append((f"{stem}.jsonl", f"{stem}.safetensors", Path(path).name))
+                files.append((f"{stem}.jsonl", f"{stem}.safetensors", Path(path).name, None))
+        elif src.columns:
+            raise DataError(f"data.train[{si}] ({path}): columns apply to Parquet and datasets entries; a JSONL "
+                            "line names its fields itself")
         else:
-            files.append((path, None, Path(path).stem))
+            files.append((path, None, Path(path).stem, None))
         file_source += [si] * (len(files) - first)
-    for fi, (path, target_file, default_task) in enumerate(files):
+    for fi, (path, target_file, default_task, arrow) in enumerate(files):
+        if arrow is not None:
+            target_files.append(None)
+            n_bad = _index_arrow(arrow, fi, skip_bad_lines, tasks, (file_id, offset, line_no, rows, task_id), reasons)
+            skipped += n_bad
+            continue
         p = Path(path)
         if not p.is_file():
             raise DataError(f"data file not found: {path} (data.train lists local JSONL files or "
@@ -133,4 +149,33 @@ def build_index(paths: list[str | DataSource], skip_bad_lines: bool = False) -> 
     return JsonlIndex([f[0] for f in files], file_id, np.array(offset, np.int64),
                       np.array(line_no, np.int64), np.array(task_id, np.int32), list(tasks), skipped,
                       target_files, np.array(rows, np.int64), teacher_dim,
-                      source_id=np.array(file_source, np.int32)[file_id], sources=sources)
+                      source_id=np.array(file_source, np.int32)[file_id], sources=sources,
+                      readers=[f[3] for f in files])
+
+
+def is_arrow_source(path: str) -> bool:
+    """A Parquet file, a folder of Parquet shards, or a `datasets` save_to_disk folder (data/arrow.py)."""
+    p = Path(path)
+    if p.is_dir():
+        return not (p / MANIFEST).is_file() and ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file()
+                                                 or any(p.glob("*.parquet")))
+    return p.suffix == ".parquet"
+
+
+def _index_arrow(arrow, fi: int, skip_bad_lines: bool, tasks: dict[str, int], columns: tuple,
+                 reasons: list[str]) -> int:
+    """Validate an Arrow entry's rows at once and append the good ones to the index columns; the bad count."""
+    bad, row_tasks, problems = arrow.validate()
+    if problems and not skip_bad_lines:
+        row, what = min(problems)
+        raise DataError(f"{arrow.where(row)}: {what} (fix the row, or set data.skip_bad_lines: true to skip and "
+                        "count bad rows)")
+    reasons.extend(f"{arrow.where(r)}: {w}" for r, w in sorted(problems)[:max(0, 5 - len(reasons))])
+    good = np.flatnonzero(~bad)
+    file_id, offset, line_no, rows, task_id = columns
+    file_id.extend([fi] * len(good))
+    offset.extend(good.tolist())
+    line_no.extend((good + 1).tolist())
+    rows.extend(good.tolist())
+    task_id.extend(tasks.setdefault(row_tasks[r], len(tasks)) for r in good)
+    return int(bad.sum())

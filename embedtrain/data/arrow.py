@@ -1,0 +1,140 @@
+"""data.train entries stored as Arrow: Parquet files or folders of shards, and `datasets` save_to_disk folders.
+
+They are read through the datasets library: Parquet is converted once into its memory-mapped Arrow cache, a
+save_to_disk folder is mapped as it is, and rows are read on demand (never all held as Python objects). A
+column map takes sentence-transformers-style tables as they are:
+  {path: nli.parquet, columns: {query: anchor, positive: positive, negative: [negative_1, negative_2]}}
+Rows are validated like JSONL lines, column by column (Arrow compute), and an error names file:row.
+pyarrow and datasets are optional dependencies: data/jsonl.py imports this module only for such entries.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from embedtrain.config.schema import DataSource
+from embedtrain.data.rows import PAIR_FIELDS, DataError, Example
+
+INSTALL_HINT = "pip install 'embedtrain[arrow]' (the datasets library)"
+
+
+def _strings(col: pa.ChunkedArray) -> bool:
+    return pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+
+
+def _blank(col: pa.ChunkedArray) -> np.ndarray:
+    """Rows whose string is null or only whitespace."""
+    empty = pc.equal(pc.utf8_trim_whitespace(col), "")
+    return np.asarray(pc.or_kleene(pc.is_null(col), pc.fill_null(empty, True)).to_numpy(zero_copy_only=False))
+
+
+class ArrowSource:
+    """One Arrow-backed data.train entry: its rows, validated, and Example reads by row."""
+
+    def __init__(self, src: DataSource, label: str):
+        try:
+            import datasets  # optional dependency: only Arrow entries need it
+        except ImportError:
+            raise DataError(f"{label} ({src.path}) is a Parquet / datasets entry: {INSTALL_HINT}") from None
+        path = Path(src.path)
+        self.default_task = path.stem if path.is_file() else path.name
+        if path.is_dir() and not any(path.glob("*.parquet")):
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                raise DataError(f"{src.path} is a DatasetDict with splits {sorted(ds)}: name one split's folder "
+                                f"(e.g. {path / sorted(ds)[0]})")
+            self.files = [(str(path), len(ds))]
+        else:
+            shards = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+            self.files = [(str(f), pq.ParquetFile(f).metadata.num_rows) for f in shards]
+            ds = datasets.load_dataset("parquet", data_files=[str(f) for f in shards], split="train")
+        self.starts = np.cumsum([0] + [n for _, n in self.files])
+        self.columns = self._column_map(src, ds.column_names, label)
+        used = [c for cols in self.columns.values() for c in ([cols] if isinstance(cols, str) else cols)]
+        self.ds = ds.select_columns(list(dict.fromkeys(used)))
+
+    def _column_map(self, src: DataSource, names: list[str], label: str) -> dict:
+        given = dict(src.columns or {})
+        mapping = {f: given.get(f, f) for f in PAIR_FIELDS if f in given or f in names}
+        for field in ("query", "positive"):
+            if field not in mapping:
+                raise DataError(f"{src.path}: no {field!r} column (columns: {', '.join(names)}); map one with "
+                                f"{label}.columns: {{{field}: COLUMN}}")
+        for field, cols in mapping.items():
+            for col in [cols] if isinstance(cols, str) else cols:
+                if col not in names:
+                    raise DataError(f"{src.path}: {label}.columns.{field}: no column {col!r} (columns: "
+                                    f"{', '.join(names)})")
+        return mapping
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def where(self, row: int) -> str:
+        f = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return f"{self.files[f][0]}:row {row - self.starts[f] + 1}"
+
+    def validate(self) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
+        """(bad rows mask, task name per row, [(row, what is wrong)] for the bad ones), all rows at once."""
+        table = self.ds.data.table if hasattr(self.ds.data, "table") else self.ds.data
+        n = len(self)
+        bad, problems = np.zeros(n, bool), []
+
+        def flag(mask: np.ndarray, what: str) -> None:
+            new = mask & ~bad
+            problems.extend((int(r), what) for r in np.flatnonzero(new)[:5])
+            bad[:] |= mask
+
+        for field in ("query", "positive"):
+            col = table.column(self.columns[field])
+            self._need_strings(col, field)
+            flag(_blank(col), f"field {field!r} (column {self.columns[field]!r}) is missing or empty")
+        negs = self.columns.get("negative")
+        for col_name in [] if negs is None else [negs] if isinstance(negs, str) else negs:
+            col = table.column(col_name)
+            if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+                values = pc.list_flatten(col)
+                if len(values) and not _strings(values):
+                    raise DataError(f"{self.files[0][0]}: column {col_name!r} (negative) holds {col.type}, expected strings")
+                lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+                row_of = np.repeat(np.arange(n), lengths)
+                blank_rows = np.zeros(n, bool)
+                blank_rows[row_of[_blank(values)]] = True
+                flag(blank_rows, f"a negative (column {col_name!r}) is missing or empty")
+            else:
+                self._need_strings(col, "negative")
+                flag(_blank(col), f"field 'negative' (column {col_name!r}) is missing or empty")
+        tasks = np.full(n, self.default_task, dtype=object)
+        for field in ("task", "instruction"):
+            if field in self.columns:
+                col = table.column(self.columns[field])
+                self._need_strings(col, field)
+                present = ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False))
+                flag(present & _blank(col), f"field {field!r} (column {self.columns[field]!r}) must be a "
+                                            "non-empty string when present")
+                if field == "task":
+                    values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
+                    tasks[present] = values[present]
+        return bad, tasks.tolist(), problems
+
+    def _need_strings(self, col: pa.ChunkedArray, field: str) -> None:
+        if not _strings(col):
+            raise DataError(f"{self.files[0][0]}: column {self.columns[field]!r} ({field}) holds {col.type}, "
+                            "expected strings")
+
+    def example(self, row: int, task: str) -> Example:
+        r = self.ds[int(row)]
+        negs = self.columns.get("negative")
+        if negs is None:
+            negatives = []
+        elif isinstance(negs, str):
+            value = r[negs]
+            negatives = [] if value is None else [value] if isinstance(value, str) else list(value)
+        else:
+            negatives = [r[c] for c in negs]
+        instruction = r.get(self.columns["instruction"]) if "instruction" in self.columns else None
+        return Example(r[self.columns["query"]], r[self.columns["positive"]], negatives, task, instruction)
