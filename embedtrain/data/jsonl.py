@@ -15,6 +15,7 @@ import numpy as np
 
 from embedtrain.config.schema import DataSource
 from embedtrain.data.generated import MANIFEST, TargetReader, load_manifest, shard_stem
+from embedtrain.data.jsonl_scan import Scan, scan_file
 from embedtrain.data.rows import PAIR_FIELDS, DataError, Example, parse_example, parse_row
 
 __all__ = ["PAIR_FIELDS", "DataError", "Example", "JsonlIndex", "build_index", "parse_example"]
@@ -69,7 +70,7 @@ def build_index(paths: list[str | DataSource], skip_bad_lines: bool = False) -> 
     """Scan and validate every line of every data.train entry (a path, or a DataSource). Bad lines raise,
     or with skip_bad_lines are counted and logged."""
     sources = [DataSource(path=str(p)) if isinstance(p, (str, Path)) else p for p in paths]
-    file_id, offset, line_no, task_id, rows = [], [], [], [], []
+    parts = []  # per file: (file id, byte offset or Arrow row, line number, row, task id) arrays
     tasks: dict[str, int] = {}
     skipped, reasons = 0, []
     files, target_files, dims, file_source = [], [], set(), []
@@ -93,63 +94,34 @@ def build_index(paths: list[str | DataSource], skip_bad_lines: bool = False) -> 
             files.append((path, None, Path(path).stem, None))
         file_source += [si] * (len(files) - first)
     for fi, (path, target_file, default_task, arrow) in enumerate(files):
-        if arrow is not None:
-            target_files.append(None)
-            n_bad = _index_arrow(arrow, fi, skip_bad_lines, tasks, (file_id, offset, line_no, rows, task_id), reasons)
-            skipped += n_bad
-            continue
-        p = Path(path)
-        if not p.is_file():
-            raise DataError(f"data file not found: {path} (data.train lists local JSONL files or "
-                            "`embedtrain generate` output folders)")
         target_files.append(target_file)
-        pos, row = 0, -1
-        with open(p, "rb") as f:
-            for n, raw in enumerate(f, start=1):
-                start, pos = pos, pos + len(raw)
-                if not raw.strip():
-                    continue  # blank lines (e.g. a trailing newline) carry no example
-                row += 1
-                where = f"{path}:{n}"
-                try:
-                    if target_file is None:
-                        ex = parse_example(raw.decode("utf-8"), where, default_task)
-                    else:
-                        ex = parse_row(raw.decode("utf-8"), where)
-                        ex = Example(ex["query"], ex["response"], [], ex.get("task", default_task), None)
-                except UnicodeDecodeError:
-                    err = DataError(f"{where}: not valid UTF-8")
-                except DataError as exc:
-                    err = exc
-                else:
-                    err = None
-                if err is not None:
-                    if not skip_bad_lines:
-                        raise DataError(f"{err} (fix the line, or set data.skip_bad_lines: true to skip "
-                                        "and count bad lines)")
-                    skipped += 1
-                    if len(reasons) < 5:
-                        reasons.append(str(err))
-                    continue
-                file_id.append(fi)
-                offset.append(start)
-                line_no.append(n)
-                rows.append(row)
-                task_id.append(tasks.setdefault(ex.task, len(tasks)))
+        if arrow is not None:
+            scan = _scan_arrow(arrow, skip_bad_lines)
+        elif not Path(path).is_file():
+            raise DataError(f"data file not found: {path} (data.train lists local JSONL files, Parquet files or "
+                            "folders, datasets folders, or `embedtrain generate` output folders)")
+        else:
+            scan = scan_file(path, default_task, target_file is not None, skip_bad_lines)
+        if scan.error:
+            raise DataError(f"{scan.error} (fix the line, or set data.skip_bad_lines: true to skip and count bad "
+                            "lines)")
+        lookup = np.array([tasks.setdefault(t, len(tasks)) for t in scan.tasks] or [0], np.int32)
+        parts.append((np.full(len(scan.offset), fi, np.int32), scan.offset, scan.line_no, scan.row,
+                      lookup[scan.task_of]))
+        skipped += scan.skipped
+        reasons.extend(scan.reasons[:max(0, 5 - len(reasons))])
     if skipped:
         log.warning("skipped %d bad data line(s) (data.skip_bad_lines); the first %d:\n  %s", skipped,
                     min(5, skipped), "\n  ".join(reasons))
-    if not offset:
+    if not parts or not sum(len(part[0]) for part in parts):
         raise DataError(f"no examples in {', '.join(s.path for s in sources)}")
     if len(dims) > 1:
         raise DataError(f"generated folders in data.train have teacher targets of different sizes {sorted(dims)}; "
                         "train on folders made with one teacher")
     teacher_dim = dims.pop() if dims and all(t is not None for t in target_files) else None
-    file_id = np.array(file_id, np.int32)
-    return JsonlIndex([f[0] for f in files], file_id, np.array(offset, np.int64),
-                      np.array(line_no, np.int64), np.array(task_id, np.int32), list(tasks), skipped,
-                      target_files, np.array(rows, np.int64), teacher_dim,
-                      source_id=np.array(file_source, np.int32)[file_id], sources=sources,
+    file_id, offset, line_no, rows, task_id = (np.concatenate(c) for c in zip(*parts))
+    return JsonlIndex([f[0] for f in files], file_id, offset, line_no, task_id, list(tasks), skipped, target_files,
+                      rows, teacher_dim, source_id=np.array(file_source, np.int32)[file_id], sources=sources,
                       readers=[f[3] for f in files])
 
 
@@ -162,20 +134,13 @@ def is_arrow_source(path: str) -> bool:
     return p.suffix == ".parquet"
 
 
-def _index_arrow(arrow, fi: int, skip_bad_lines: bool, tasks: dict[str, int], columns: tuple,
-                 reasons: list[str]) -> int:
-    """Validate an Arrow entry's rows at once and append the good ones to the index columns; the bad count."""
+def _scan_arrow(arrow, skip_bad_lines: bool) -> Scan:
+    """An Arrow entry's rows, validated at once, as a Scan (offset and row: the row in the entry)."""
     bad, row_tasks, problems = arrow.validate()
-    if problems and not skip_bad_lines:
-        row, what = min(problems)
-        raise DataError(f"{arrow.where(row)}: {what} (fix the row, or set data.skip_bad_lines: true to skip and "
-                        "count bad rows)")
-    reasons.extend(f"{arrow.where(r)}: {w}" for r, w in sorted(problems)[:max(0, 5 - len(reasons))])
+    messages = [f"{arrow.where(r)}: {w}" for r, w in sorted(problems)]
+    if messages and not skip_bad_lines:
+        return Scan(*[np.zeros(0, np.int64)] * 3, np.zeros(0, np.int32), [], 0, [], messages[0])
     good = np.flatnonzero(~bad)
-    file_id, offset, line_no, rows, task_id = columns
-    file_id.extend([fi] * len(good))
-    offset.extend(good.tolist())
-    line_no.extend((good + 1).tolist())
-    rows.extend(good.tolist())
-    task_id.extend(tasks.setdefault(row_tasks[r], len(tasks)) for r in good)
-    return int(bad.sum())
+    tasks: dict[str, int] = {}
+    task_of = np.array([tasks.setdefault(row_tasks[r], len(tasks)) for r in good], np.int32)
+    return Scan(good.astype(np.int64), good + 1, good.astype(np.int64), task_of, list(tasks), int(bad.sum()), messages[:5])
