@@ -136,3 +136,21 @@ def all_reduce_sum(values: dict[str, float], device) -> dict[str, float]:
 
 def all_reduce_mean(values: dict[str, float], device) -> dict[str, float]:
     return {k: v / world_size() for k, v in all_reduce_sum(values, device).items()}
+
+
+def broadcast_object(obj, device):
+    """rank 0's picklable `obj` on every rank (small things: metadata, an error message)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    return box[0]
+
+
+def broadcast_array(array, device):
+    """rank 0's numpy array on every rank (others pass an array of the same shape and dtype to fill)."""
+    if world_size() == 1:
+        return array
+    t = torch.from_numpy(array).to(device)
+    dist.broadcast(t, src=0)
+    return t.cpu().numpy()

@@ -48,3 +48,34 @@ def test_a_bad_line_in_a_later_range_names_its_line(big, monkeypatch):
         build_index([str(path)])
     skipped = build_index([str(path)], skip_bad_lines=True)
     assert skipped.skipped == 1 and len(skipped) == 2998
+
+
+def test_world2_indexes_once_and_a_bad_line_stops_every_rank(tmp_path):
+    """Rank 0 indexes and shares; a bad line stops both ranks with the same file:line message, before any
+    model loads (no hang: the error is broadcast)."""
+    import subprocess
+    import sys
+
+    from embedtrain.tiny import make_tiny_model
+    from test_distributed import _env
+
+    model = make_tiny_model("chatml", tmp_path / "model")
+    lines = open(DATA).readlines()[:64]
+    (tmp_path / "good.jsonl").write_text("".join(lines))
+    (tmp_path / "bad.jsonl").write_text("".join(lines[:30]) + '{"query": "q"}\n' + "".join(lines[30:]))
+    (tmp_path / "r.yaml").write_text(f"""
+run: {{progress_bar: false, output_dir: {tmp_path / 'run'}}}
+model: {{path: {model}, family: chatml, pooling: mean}}
+data: {{train: [{tmp_path / 'good.jsonl'}], max_length: 48, max_tokens_per_batch: 1024}}
+train: {{batch_size: 8, steps: 2, lr: 1.0e-2}}
+""")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "embedtrain",
+           "train", str(tmp_path / "r.yaml")]
+    good = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert good.returncode == 0, good.stderr[-3000:]
+    assert "indexed 64 examples" in good.stderr and "(on rank 0, shared with 1 other rank(s))" in good.stderr
+    bad = subprocess.run(cmd + ["--set", f"data.train=[{tmp_path / 'bad.jsonl'}]"], env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    message = f"error: {tmp_path / 'bad.jsonl'}:31: missing field 'positive'"
+    assert bad.returncode != 0 and bad.stderr.count(message) == 2, bad.stderr[-3000:]
+    assert "Loading weights" not in bad.stderr  # stopped before any model loads

@@ -18,7 +18,8 @@ from embedtrain import distributed as D
 from embedtrain.config.schema import RecipeConfig
 from embedtrain.config.validate import check_eval_suite
 from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, make_batch_order, rank_slice
-from embedtrain.data.jsonl import JsonlIndex, build_index
+from embedtrain.data.jsonl import JsonlIndex
+from embedtrain.data.shared_index import build_index_once
 from embedtrain.data.packing import TextTokenizer
 from embedtrain.engine.ds_config import batch_plan, build_ds_config
 from embedtrain.engine.guards import install_step_skip, is_bad
@@ -64,7 +65,7 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
     # Everything that can be wrong with the recipe or the data fails here, before the model loads.
     options = cfg.options()
     ds_config = build_ds_config(cfg, world)
-    index = build_index(cfg.data.sources(), cfg.data.skip_bad_lines)
+    index = build_index_once(cfg.data.sources(), cfg.data.skip_bad_lines, device)  # rank 0 parses, all get it
     check_eval_suite(cfg, origin)  # with the data files: before any model loads
     # One optimizer step = one same-task block of micro_global * gas examples, split into gas micro-batches;
     # the examples of a step do not depend on the world size.
