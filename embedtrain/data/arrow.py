@@ -78,48 +78,59 @@ class ArrowSource:
         f = int(np.searchsorted(self.starts, row, side="right")) - 1
         return f"{self.files[f][0]}:row {row - self.starts[f] + 1}"
 
-    def validate(self) -> tuple[np.ndarray, list[str], list[tuple[int, str]]]:
-        """(bad rows mask, task name per row, [(row, what is wrong)] for the bad ones), all rows at once."""
+    def validate(self, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str]]]:
+        """(bad rows mask, task code per row, task names, [(row, what is wrong)] for some bad rows), a chunk of
+        rows at a time (Arrow compute on memory-mapped batches: no full copy of a column)."""
         table = self.ds.data.table if hasattr(self.ds.data, "table") else self.ds.data
+        for field in ("query", "positive", "task", "instruction"):
+            if field in self.columns:
+                self._need_strings(table.column(self.columns[field]), field)
         n = len(self)
-        bad, problems = np.zeros(n, bool), []
+        bad, codes, names, problems = np.zeros(n, bool), np.zeros(n, np.int32), {self.default_task: 0}, []
+        for start in range(0, n, chunk):
+            part = table.slice(start, chunk)
+            self._validate_part(part, start, bad, problems)
+            if "task" in self.columns:
+                encoded = pc.dictionary_encode(part.column(self.columns["task"]).combine_chunks())
+                lookup = np.array([names.setdefault(t, len(names)) for t in encoded.dictionary.to_pylist()] or [0],
+                                  np.int32)
+                idx = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+                codes[start:start + len(idx)] = np.where(idx >= 0, lookup[np.maximum(idx, 0)], 0)
+        return bad, codes, list(names), problems
+
+    def _validate_part(self, part: pa.Table, start: int, bad: np.ndarray, problems: list) -> None:
+        n = part.num_rows
+        mine = bad[start:start + n]  # a view: flags land in `bad`
 
         def flag(mask: np.ndarray, what: str) -> None:
-            new = mask & ~bad
-            problems.extend((int(r), what) for r in np.flatnonzero(new)[:5])
-            bad[:] |= mask
+            new = mask & ~mine
+            if len(problems) < 20:
+                problems.extend((start + int(r), what) for r in np.flatnonzero(new)[:5])
+            mine[:] |= mask
 
         for field in ("query", "positive"):
-            col = table.column(self.columns[field])
-            self._need_strings(col, field)
-            flag(_blank(col), f"field {field!r} (column {self.columns[field]!r}) is missing or empty")
+            flag(_blank(part.column(self.columns[field])), f"field {field!r} (column {self.columns[field]!r}) is "
+                                                           "missing or empty")
         negs = self.columns.get("negative")
         for col_name in [] if negs is None else [negs] if isinstance(negs, str) else negs:
-            col = table.column(col_name)
+            col = part.column(col_name)
             if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
                 values = pc.list_flatten(col)
                 if len(values) and not _strings(values):
                     raise DataError(f"{self.files[0][0]}: column {col_name!r} (negative) holds {col.type}, expected strings")
                 lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
-                row_of = np.repeat(np.arange(n), lengths)
                 blank_rows = np.zeros(n, bool)
-                blank_rows[row_of[_blank(values)]] = True
+                blank_rows[np.repeat(np.arange(n), lengths)[_blank(values)]] = True
                 flag(blank_rows, f"a negative (column {col_name!r}) is missing or empty")
             else:
                 self._need_strings(col, "negative")
                 flag(_blank(col), f"field 'negative' (column {col_name!r}) is missing or empty")
-        tasks = np.full(n, self.default_task, dtype=object)
         for field in ("task", "instruction"):
             if field in self.columns:
-                col = table.column(self.columns[field])
-                self._need_strings(col, field)
+                col = part.column(self.columns[field])
                 present = ~np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False))
                 flag(present & _blank(col), f"field {field!r} (column {self.columns[field]!r}) must be a "
                                             "non-empty string when present")
-                if field == "task":
-                    values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
-                    tasks[present] = values[present]
-        return bad, tasks.tolist(), problems
 
     def _need_strings(self, col: pa.ChunkedArray, field: str) -> None:
         if not _strings(col):

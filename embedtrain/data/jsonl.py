@@ -136,11 +136,15 @@ def is_arrow_source(path: str) -> bool:
 
 def _scan_arrow(arrow, skip_bad_lines: bool) -> Scan:
     """An Arrow entry's rows, validated at once, as a Scan (offset and row: the row in the entry)."""
-    bad, row_tasks, problems = arrow.validate()
+    bad, codes, names, problems = arrow.validate()
     messages = [f"{arrow.where(r)}: {w}" for r, w in sorted(problems)]
     if messages and not skip_bad_lines:
         return Scan(*[np.zeros(0, np.int64)] * 3, np.zeros(0, np.int32), [], 0, [], messages[0])
     good = np.flatnonzero(~bad)
-    tasks: dict[str, int] = {}
-    task_of = np.array([tasks.setdefault(row_tasks[r], len(tasks)) for r in good], np.int32)
-    return Scan(good.astype(np.int64), good + 1, good.astype(np.int64), task_of, list(tasks), int(bad.sum()), messages[:5])
+    # tasks numbered by first appearance among the good rows, as a JSONL scan numbers them
+    used, first = np.unique(codes[good], return_index=True)
+    ordered = used[np.argsort(first)]
+    renumber = np.zeros(len(names), np.int32)
+    renumber[ordered] = np.arange(len(ordered), dtype=np.int32)
+    return Scan(good.astype(np.int64), good + 1, good.astype(np.int64), renumber[codes[good]],
+                [names[c] for c in ordered], int(bad.sum()), messages[:5])
