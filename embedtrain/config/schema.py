@@ -85,6 +85,7 @@ class DataConfig:
     max_negatives: Optional[int] = None  # use at most this many hard negatives per example (the first ones)
     skip_bad_lines: bool = False
     same_task_batches: bool = True
+    prefetch: bool = True  # read and tokenize the next step's batches on a background thread
 
     def sources(self) -> list[DataSource]:
         return [DataSource(path=e) if isinstance(e, str) else e for e in self.train]

@@ -122,15 +122,27 @@ class MicroBatchBuilder:
         return examples
 
     def build(self, example_ids: np.ndarray) -> MicroBatch:
-        examples = self.read(example_ids)
-        if self.make_batch is not None:
-            return self.make_batch(examples)
-        return self.from_examples(examples)
+        return self.finish(self.prepare(example_ids))
 
-    def from_examples(self, examples: list[Example]) -> MicroBatch:
+    def prepare(self, example_ids: np.ndarray):
+        """The part without collectives, safe on a background thread (data/prefetch.py): read the examples
+        and, for the standard packing, tokenize them."""
+        examples = self.read(example_ids)
+        return examples if self.make_batch is not None else (examples, self.tokenize(examples))
+
+    def finish(self, prepared) -> MicroBatch:
+        """Pack what prepare() made (ranks agree on the stream count: a collective, on the training thread)."""
+        if self.make_batch is not None:
+            return self.make_batch(prepared)
+        return self.from_examples(*prepared)
+
+    def tokenize(self, examples: list[Example]) -> list[TokenizedText]:
+        """Queries (with instruction), then positives, then every query's negatives."""
         queries = self.text_tok.encode([e.query for e in examples], [self.instruction_for(e) for e in examples])
-        docs = self.text_tok.encode([e.positive for e in examples] + [n for e in examples for n in e.negatives])
-        texts = queries + docs
+        return queries + self.text_tok.encode([e.positive for e in examples] + [n for e in examples for n in e.negatives])
+
+    def from_examples(self, examples: list[Example], texts: list[TokenizedText] | None = None) -> MicroBatch:
+        texts = self.tokenize(examples) if texts is None else texts
         streams = pack_on_every_rank(texts, self.max_tokens, self.text_tok.pad_id, self.multiple, self.device)
         return MicroBatch(streams, texts, len(examples), examples[0].task if examples else "",
                           sum(t.truncated for t in texts),

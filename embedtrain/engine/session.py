@@ -5,10 +5,12 @@ call train_step, so what the bench times is exactly what `embedtrain train` runs
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import deepspeed
 import torch
@@ -21,6 +23,7 @@ from embedtrain.data.batches import BatchOrder, MicroBatchBuilder, make_batch_or
 from embedtrain.data.jsonl import JsonlIndex
 from embedtrain.data.shared_index import build_index_once
 from embedtrain.data.packing import TextTokenizer
+from embedtrain.data.prefetch import Prefetcher
 from embedtrain.engine.ds_config import batch_plan, build_ds_config
 from embedtrain.engine.guards import install_step_skip, is_bad
 from embedtrain.engine.metrics import peak_memory_gb
@@ -52,6 +55,7 @@ class Session:
     engine: object  # deepspeed.DeepSpeedEngine around the EmbeddingModel
     peak_tflops: float | None = None  # MFU denominator per device; None: MFU is not logged
     flops: FlopSpec | None = None  # what the objectives' model-FLOP counts need
+    prefetch: Prefetcher | None = None  # the next step's batches, read and tokenized in the background
 
 
 def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None = None,
@@ -82,7 +86,9 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
     objective = objective_cls(options, device)
     objective.setup(model, cfg, index, tokenizer)
     text_tok = TextTokenizer(tokenizer, embedder.family, cfg.data.max_length, cfg.data.instruction_format)
-    builder = MicroBatchBuilder(index, text_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
+    # the builder's own tokenizer copy: the prefetch thread uses it while evaluation uses text_tok
+    data_tok = TextTokenizer(copy.deepcopy(tokenizer), embedder.family, cfg.data.max_length, cfg.data.instruction_format)
+    builder = MicroBatchBuilder(index, data_tok, cfg.data.max_tokens_per_batch, cfg.data.pad_to_multiple_of,
                                 cfg.data.instructions, cfg.data.default_instruction,
                                 cfg.data.max_negatives if objective_cls.uses_negatives else 0, device,
                                 objective.make_batch)
@@ -98,8 +104,17 @@ def build_session(cfg: RecipeConfig, origin: dict, device: torch.device | None =
                                            config=ds_config)
     _record_grad_norm(engine)
     install_step_skip(engine)
-    return Session(cfg, device, rank, world, options, index, order, micro_global, gas, tokenizer, objective,
-                   text_tok, builder, scheduler, engine, _peak_tflops(cfg, device), flops)
+    s = Session(cfg, device, rank, world, options, index, order, micro_global, gas, tokenizer, objective,
+                text_tok, builder, scheduler, engine, _peak_tflops(cfg, device), flops)
+    s.prefetch = Prefetcher(partial(_prepare_step, s), cfg.train.steps, cfg.data.prefetch)
+    return s
+
+
+def _prepare_step(s: Session, step: int) -> list:
+    """This rank's micro-batches of optimizer step `step`, read and tokenized (not packed)."""
+    ids = s.order.global_batch_ids(step)
+    return [s.builder.prepare(rank_slice(ids[m * s.micro_global:(m + 1) * s.micro_global], s.rank, s.world))
+            for m in range(s.gas)]
 
 
 def _peak_tflops(cfg: RecipeConfig, device: torch.device) -> float | None:
@@ -137,9 +152,9 @@ def train_step(s: Session, step: int) -> dict:
     sums = {"real_tokens": 0.0, "computed_tokens": 0.0, "truncated": 0.0, "flops": 0.0}
     acc: dict[str, float] = {}
     engine = s.engine
-    ids = s.order.global_batch_ids(step)
-    batches = [s.builder.build(rank_slice(ids[m * s.micro_global:(m + 1) * s.micro_global], s.rank, s.world))
-               for m in range(s.gas)]
+    prepared, _ = s.prefetch.take(step) if s.prefetch is not None else (_prepare_step(s, step), 0.0)
+    batches = [s.builder.finish(p) for p in prepared]
+    data_s = time.perf_counter() - t0  # waiting for this step's data: reading, tokenizing (unless prefetched), packing
     # Token-mean objectives divide by the whole step's counts, so accumulation and world size leave the loss as is.
     totals = s.objective.step_totals(batches)
     ctx = StepContext(D.all_reduce_sum(totals, s.device) if totals else None, s.gas, s.flops)
@@ -166,7 +181,8 @@ def train_step(s: Session, step: int) -> dict:
                    tokens_per_s=totals["real_tokens"] / dt,
                    packing_efficiency=totals["real_tokens"] / max(1.0, totals["computed_tokens"]),
                    truncated=int(totals["truncated"]), peak_mem_gb=peak_memory_gb(s.device), step_time_s=dt,
-                   model_flops=totals["flops"], model_tflops=totals["flops"] / dt / 1e12 / s.world)
+                   model_flops=totals["flops"], model_tflops=totals["flops"] / dt / 1e12 / s.world,
+                   data_s=data_s)
     if s.peak_tflops:
         metrics["mfu"] = metrics["model_tflops"] / s.peak_tflops
     # update_skipped: the optimizer skipped this step (non-finite gradient: weights, optimizer state and

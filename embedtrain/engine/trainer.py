@@ -152,6 +152,8 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
             raise RuntimeError(msg) from exc
         raise
     finally:
+        if s.prefetch is not None:
+            s.prefetch.close()
         if watchdog is not None:
             watchdog.stop()
         signals.restore()
