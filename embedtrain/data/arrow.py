@@ -22,11 +22,11 @@ from embedtrain.data.rows import PAIR_FIELDS, DataError, Example
 INSTALL_HINT = "pip install 'embedtrain[arrow]' (the datasets library)"
 
 
-def _strings(col: pa.ChunkedArray) -> bool:
+def _strings(col: pa.Array) -> bool:
     return pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
 
 
-def _blank(col: pa.ChunkedArray) -> np.ndarray:
+def _blank(col: pa.Array) -> np.ndarray:
     """Rows whose string is null or only whitespace."""
     empty = pc.equal(pc.utf8_trim_whitespace(col), "")
     return np.asarray(pc.or_kleene(pc.is_null(col), pc.fill_null(empty, True)).to_numpy(zero_copy_only=False))
@@ -42,7 +42,8 @@ class ArrowSource:
             raise DataError(f"{label} ({src.path}) is a Parquet / datasets entry: {INSTALL_HINT}") from None
         path = Path(src.path)
         self.default_task = path.stem if path.is_file() else path.name
-        if path.is_dir() and not any(path.glob("*.parquet")):
+        self.parquet = not (path.is_dir() and not any(path.glob("*.parquet")))
+        if not self.parquet:
             ds = datasets.load_from_disk(str(path))
             if isinstance(ds, datasets.DatasetDict):
                 raise DataError(f"{src.path} is a DatasetDict with splits {sorted(ds)}: name one split's folder "
@@ -81,24 +82,38 @@ class ArrowSource:
     def validate(self, chunk: int = 1 << 20) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[int, str]]]:
         """(bad rows mask, task code per row, task names, [(row, what is wrong)] for some bad rows), a chunk of
         rows at a time (Arrow compute on memory-mapped batches: no full copy of a column)."""
-        table = self.ds.data.table if hasattr(self.ds.data, "table") else self.ds.data
-        for field in ("query", "positive", "task", "instruction"):
-            if field in self.columns:
-                self._need_strings(table.column(self.columns[field]), field)
         n = len(self)
         bad, codes, names, problems = np.zeros(n, bool), np.zeros(n, np.int32), {self.default_task: 0}, []
-        for start in range(0, n, chunk):
-            part = table.slice(start, chunk)
+        start = 0
+        for part in self._batches(chunk):
+            if start == 0:
+                for field in ("query", "positive", "task", "instruction"):
+                    if field in self.columns:
+                        self._need_strings(part.column(self.columns[field]), field)
             self._validate_part(part, start, bad, problems)
             if "task" in self.columns:
-                encoded = pc.dictionary_encode(part.column(self.columns["task"]).combine_chunks())
+                encoded = pc.dictionary_encode(part.column(self.columns["task"]))
                 lookup = np.array([names.setdefault(t, len(names)) for t in encoded.dictionary.to_pylist()] or [0],
                                   np.int32)
                 idx = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
                 codes[start:start + len(idx)] = np.where(idx >= 0, lookup[np.maximum(idx, 0)], 0)
+            start += part.num_rows
         return bad, codes, list(names), problems
 
-    def _validate_part(self, part: pa.Table, start: int, bad: np.ndarray, problems: list) -> None:
+    def _batches(self, chunk: int):
+        """The used columns, a batch of rows at a time, read from the files into memory that is freed batch by
+        batch (not through the memory map: reading a whole mapped file would keep it all resident)."""
+        used = list(self.ds.column_names)
+        if self.parquet:
+            for path, _ in self.files:
+                yield from pq.ParquetFile(path).iter_batches(batch_size=chunk, columns=used)
+        else:
+            for f in self.ds.cache_files:
+                with pa.OSFile(f["filename"]) as source:
+                    for batch in pa.ipc.open_stream(source):
+                        yield batch.select(used)
+
+    def _validate_part(self, part: pa.RecordBatch, start: int, bad: np.ndarray, problems: list) -> None:
         n = part.num_rows
         mine = bad[start:start + n]  # a view: flags land in `bad`
 
@@ -132,7 +147,7 @@ class ArrowSource:
                 flag(present & _blank(col), f"field {field!r} (column {self.columns[field]!r}) must be a "
                                             "non-empty string when present")
 
-    def _need_strings(self, col: pa.ChunkedArray, field: str) -> None:
+    def _need_strings(self, col: pa.Array, field: str) -> None:
         if not _strings(col):
             raise DataError(f"{self.files[0][0]}: column {self.columns[field]!r} ({field}) holds {col.type}, "
                             "expected strings")
