@@ -51,8 +51,8 @@ def main(argv=None) -> int:
     recipe.write_text(f"""
 run: {{progress_bar: false, log_every: 1000}}
 model: {{path: {model}, family: chatml, pooling: mean, lora: {{enabled: true, r: 16, alpha: 32}}}}
-data: {{train: [{DATA}], max_length: 64, max_negatives: 1, max_tokens_per_batch: 4096,
-        instructions: {{wordnet_def2lemma: Given a dictionary definition, retrieve the word it defines}}}}
+data: {{train: [{DATA}], max_length: 128, max_negatives: 1, max_tokens_per_batch: 4096,
+        instructions: {{wordnet_def2lemma: Retrieve the word}}}}
 train: {{batch_size: 16, lr: 5.0e-4}}
 """)
     rows = {False: [], True: []}
