@@ -22,6 +22,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from report_io import git_commit, write_report  # noqa: E402
+
 MEASURE = r'''
 import json, resource, sys, time, torch
 from embedtrain import distributed as D
@@ -100,8 +104,7 @@ def main(argv=None) -> int:
     import pyarrow
     import torch
 
-    env = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                    text=True).stdout.strip(),
+    env = {"commit": git_commit(),
            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
            "torch": torch.__version__, "numpy": numpy.__version__, "pyarrow": pyarrow.__version__,
            "index_workers": os.environ.get("EMBEDTRAIN_INDEX_WORKERS", "all cores")}
@@ -110,10 +113,7 @@ def main(argv=None) -> int:
     for r in results:
         lines.append(f"| {r['rows']:,} | {r['format']} | {r['file_gib']:.2f} | {r['world']} | {r['rank']} | "
                      f"{r['seconds']:.1f} | {r['peak_rss_gib']:.2f} | {r['worker_peak_rss_gib']:.2f} |")
-    text = "\n".join(lines) + "\n\n```json\n" + json.dumps(env, indent=1) + "\n```\n"
-    (out / "table.md").write_text(text)
-    (out / "data_startup.json").write_text(json.dumps({"results": results, "env": env}, indent=1))
-    print(text)
+    write_report(out, "data_startup", lines, env, {"results": results})
     return 0
 
 

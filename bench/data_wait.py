@@ -21,6 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from report_io import git_commit, write_report  # noqa: E402
 
 from embedtrain.tiny import make_tiny_model  # noqa: E402
 
@@ -68,8 +71,7 @@ train: {{batch_size: 16, lr: 5.0e-4}}
             "data_share_median": statistics.median(share)}
     import torch
 
-    env = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                    text=True).stdout.strip(),
+    env = {"commit": git_commit(),
            "model": args.model or "tiny random chatml (hidden 64, 2 layers)", "cpu": platform.machine(),
            "cpus": os.cpu_count(), "torch": torch.__version__}
     lines = ["| mode | steps | data s / step | step s | share of step time waiting on data (mean / median) |",
@@ -77,10 +79,7 @@ train: {{batch_size: 16, lr: 5.0e-4}}
     for mode, s in summary.items():
         lines.append(f"| {mode} | {s['steps']} | {s['data_s_mean'] * 1e3:.1f} ms | {s['step_time_s_mean'] * 1e3:.0f} ms | "
                      f"{s['data_share_mean']:.1%} / {s['data_share_median']:.1%} |")
-    text = "\n".join(lines) + "\n\n```json\n" + json.dumps(env, indent=1) + "\n```\n"
-    (out / "table.md").write_text(text)
-    (out / "data_wait.json").write_text(json.dumps({"summary": summary, "env": env}, indent=1))
-    print(text)
+    write_report(out, "data_wait", lines, env, {"summary": summary})
     return 0
 
 

@@ -10,13 +10,17 @@ import argparse
 import json
 import os
 import platform
-import subprocess
+import sys
 from pathlib import Path
 
 import torch
 import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from report_io import git_commit, write_report  # noqa: E402
+
 RUNS = {"plain": "quickstart as shipped (InfoNCE on the full embedding)",
         "matryoshka": "the same with matryoshka_dims [576, 288, 144, 72], weights 1"}
 DIMS = (576, 144, 72)
@@ -51,18 +55,13 @@ def main(argv=None) -> int:
     lines += ["", "| task | " + " | ".join(f"{r} @ {d}" for r, d in cols) + " |", "|---|" + "---|" * len(cols)]
     for t in tasks:
         lines.append(f"| {t.replace('Embedtrain', '')} | " + " | ".join(f"{scores[r][d][t]:.3f}" for r, d in cols) + " |")
-    env = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                    text=True).stdout.strip(),
+    env = {"commit": git_commit(),
            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
            "transformers": transformers.__version__, "suite": "data/suite (embedtrain build-eval-suite), 8 tasks"}
-    text = "\n".join(lines) + "\n\n```json\n" + json.dumps(env, indent=1) + "\n```\n"
-    text += ("\n- train_s in matryoshka.json is wall time of the 60 steps; the two runs did not have the CPU to "
+    notes = ("\n- train_s in matryoshka.json is wall time of the 60 steps; the two runs did not have the CPU to "
              "themselves, so it is no speed comparison (the extra prefix losses cost little next to the model).\n")
-    (out / "table.md").write_text(text)
-    (out / "matryoshka.json").write_text(json.dumps({"scores": {r: {str(d): s for d, s in v.items()}
-                                                                for r, v in scores.items()},
-                                                     "train_s": train_s, "env": env}, indent=1))
-    print(text)
+    write_report(out, "matryoshka", lines, env, {"scores": {r: {str(d): s for d, s in v.items()}
+                                                            for r, v in scores.items()}, "train_s": train_s}, notes)
     return 0
 
 

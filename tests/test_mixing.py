@@ -14,9 +14,8 @@ from embedtrain.config.schema import DataConfig, DataSource
 from embedtrain.data.batches import BatchOrder, make_batch_order
 from embedtrain.data.jsonl import build_index
 from embedtrain.data.mixing import BLOCK, entry_probabilities
-from embedtrain.tiny import make_tiny_model
-
-from test_distributed import DATA, _env
+from plugin_helpers import tiny_setup
+from test_distributed import _env
 
 
 def _files(tmp_path, sizes, tasks=("a", "b")):
@@ -102,10 +101,7 @@ def test_bad_entries_are_named(tmp_path, override, message):
 
 
 def test_resume_mid_epoch_with_a_mix_is_bit_identical(tmp_path):
-    model = make_tiny_model("chatml", tmp_path / "model")
-    lines = open(DATA).readlines()
-    (tmp_path / "a.jsonl").write_text("".join(lines[:40]))
-    (tmp_path / "b.jsonl").write_text("".join(lines[2000:2080]))
+    model = tiny_setup(tmp_path, {"a.jsonl": (0, 40), "b.jsonl": (2000, 2080)})
     (tmp_path / "r.yaml").write_text(f"""
 run: {{progress_bar: false, log_every: 1}}
 model: {{path: {model}, family: chatml, pooling: mean, lora: {{enabled: true, r: 4, alpha: 8, dropout: 0.1}}}}

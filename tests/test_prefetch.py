@@ -5,9 +5,8 @@ import subprocess
 import sys
 
 from embedtrain.data.prefetch import Prefetcher
-from embedtrain.tiny import make_tiny_model
-
-from test_distributed import DATA, _env
+from plugin_helpers import tiny_setup
+from test_distributed import _env
 
 
 def test_prefetcher_hands_out_each_step_and_prepares_the_next():
@@ -22,10 +21,7 @@ def test_prefetcher_hands_out_each_step_and_prepares_the_next():
 
 
 def test_training_with_and_without_prefetch_is_bit_identical(tmp_path):
-    model = make_tiny_model("chatml", tmp_path / "model")
-    lines = open(DATA).readlines()
-    (tmp_path / "train.jsonl").write_text("".join(lines[:64]))
-    (tmp_path / "held.jsonl").write_text("".join(lines[1000:1016]))
+    model = tiny_setup(tmp_path, {"train.jsonl": (0, 64), "held.jsonl": (1000, 1016)})
     (tmp_path / "r.yaml").write_text(f"""
 run: {{progress_bar: false, log_every: 1}}
 model: {{path: {model}, family: chatml, pooling: mean}}
