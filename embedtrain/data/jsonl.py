@@ -3,7 +3,8 @@
 The whole file is validated up front (a bad line fails the run before the model loads, naming
 file:line), but only byte offsets and task ids are kept in memory; each rank re-reads just the lines
 of its own shard when it needs them. A folder in the file list is an `embedtrain generate` output
-(data/generated.py): its rows are (query, response) examples with a teacher target each.
+(data/generated.py): its rows are (query, response) examples with a teacher target each. Parquet files and
+folders and `datasets` folders are read through data/arrow.py (an offset is then the row in the entry).
 """
 from __future__ import annotations
 
