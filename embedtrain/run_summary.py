@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from embedtrain.data.generated import MANIFEST
-from embedtrain.model.folder import META
+from embedtrain.model.folder import META, find_final
 
 RUN_FILES = ("config.yaml", "metrics.jsonl")
 # weights folders that sit inside a run directory, and how many levels up the run directory is
@@ -65,7 +65,10 @@ def _is_run(path: Path) -> bool:
 
 def _locate(path: Path) -> tuple[Path | None, Path | None]:
     """(run directory or None, folder holding embedtrain.json or None) for any folder summarize() takes."""
-    weights = next((c for c in (path, path / "final", path / "weights") if (c / META).is_file()), None)
+    try:
+        weights = find_final(path)
+    except FileNotFoundError:
+        weights = None
     if _is_run(path):
         return path, weights
     if weights is not None:

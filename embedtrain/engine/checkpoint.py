@@ -35,10 +35,15 @@ def _rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
+def step_tag(step: int) -> str:
+    """The checkpoint folder name of a step (checkpoints/stepNNNNNNNN)."""
+    return f"step{step:08d}"
+
+
 def save_checkpoint(engine, ckpt_root: Path, step: int, trainer_state: dict, keep: int, device,
                     write_weights: Callable[[Path], object] | None = None) -> Path:
     """write_weights(folder), called on every rank, adds the safetensors weights (engine/final.py)."""
-    tag = f"step{step:08d}"
+    tag = step_tag(step)
     engine.save_checkpoint(str(ckpt_root), tag=tag, client_state={}, save_latest=False)
     tag_dir = ckpt_root / tag
     save_file(_rng_tensors(device), str(tag_dir / f"rng_rank{rank()}.safetensors"))

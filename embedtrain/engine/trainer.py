@@ -14,7 +14,7 @@ import yaml
 
 from embedtrain import distributed as D
 from embedtrain.config.schema import RecipeConfig
-from embedtrain.engine.checkpoint import latest_tag, load_checkpoint, save_checkpoint
+from embedtrain.engine.checkpoint import latest_tag, load_checkpoint, save_checkpoint, step_tag
 from embedtrain.engine.evaluator import Evaluator
 from embedtrain.engine.final import save_final, save_weights
 from embedtrain.engine.guards import TooManyBadSteps
@@ -59,9 +59,10 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                  s.order.batches_per_epoch, world, s.micro_global, s.micro_global // world, s.gas)
     zero_stage = engine.zero_optimization_stage()
     ckpt_root = run_dir / "checkpoints"
-    write_weights = None
-    if cfg.run.checkpoint_weights:  # final/'s files per checkpoint: evaluable and init_from-able mid-run
-        write_weights = partial(save_weights, objective, engine.module, cfg, tokenizer, zero_stage=zero_stage)
+    # final/'s files into a folder (every rank calls it): for each checkpoint (run.checkpoint_weights, so a step
+    # is evaluable and init_from-able mid-run) and for best/ (run.keep_best)
+    weights_to = partial(save_weights, objective, engine.module, cfg, tokenizer, zero_stage=zero_stage)
+    write_weights = weights_to if cfg.run.checkpoint_weights else None
     start, bad_steps = 0, 0
     if resume:
         state = load_checkpoint(engine, ckpt_root, device)
@@ -69,9 +70,7 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
     else:
         torch.manual_seed(cfg.run.seed + rank)  # dropout differs between ranks
     eval_tok = objective.text_format(text_tok)
-    save_best = None
-    if cfg.run.keep_best:
-        save_best = partial(save_weights, objective, engine.module, cfg, tokenizer, zero_stage=zero_stage)
+    save_best = weights_to if cfg.run.keep_best else None
     evaluator = Evaluator(cfg, engine.module, eval_tok, builder, device, run_dir, save_best,
                           objective.eval_instruction_policy(cfg))
     before = evaluator.retrieval("before training") if start == 0 else None
@@ -100,14 +99,14 @@ def train(cfg: RecipeConfig, origin: dict, resume: bool = False) -> dict:
                 if too_many:  # the state before this step (unchanged when the update was skipped)
                     kept = step + 1 - metrics["update_skipped"]
                     before_state = dict(trainer_state, bad_steps=bad_steps - metrics["update_skipped"])
-                    if latest_tag(ckpt_root) != f"step{kept:08d}":
+                    if latest_tag(ckpt_root) != step_tag(kept):
                         save_checkpoint(engine, ckpt_root, kept, before_state, cfg.run.keep_checkpoints, device,
                                         write_weights)
                     metrics_log.close()
                     _finish(watchdog)
                     raise TooManyBadSteps(
                         f"step {step + 1}: {bad_steps} steps with a non-finite loss or gradient norm, more than "
-                        f"train.max_bad_steps={cfg.train.max_bad_steps}; stopped. {ckpt_root / f'step{kept:08d}'} "
+                        f"train.max_bad_steps={cfg.train.max_bad_steps}; stopped. {ckpt_root / step_tag(kept)} "
                         "holds the state before it: lower train.lr or check the data, then continue with --resume")
             stop = step + 1 == cfg.run.stop_at_step or preempted
             if done or stop or (cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0):
