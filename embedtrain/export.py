@@ -78,25 +78,48 @@ def export(run_dir: str | Path, out_dir: str | Path, max_length: int | None = No
         return _export_compression(final, meta, tokenizer, family, bos, out, tmp, max_length, run_dir)
     lm = _load_lm(final, meta)
     meta = _with_inference_length(meta, lm.config, max_length, 0, run_dir)
-    suffix = tokenizer(family.suffix, add_special_tokens=False)["input_ids"] if family.suffix else []
-    _post_processor(tokenizer, bos, suffix + [vocab[family.eos_token]])
+    wrap_like_training(tokenizer, family)
     lm.save_pretrained(str(hf_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(hf_dir))
-    # a plain transformers model attends causally: bidirectional runs need embedtrain's module to load
-    transformer_cls = models.Transformer if meta["attention"] == "causal" else BidirectionalTransformer
-    transformer = transformer_cls(str(hf_dir), max_seq_length=meta["inference_max_length"])
-    mode = "lasttoken" if meta["pooling"] == "last" else "mean"
-    dim = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
-    pooling = models.Pooling(dim, pooling_mode=mode, include_prompt=False)
-    fmt = meta["instruction_format"]
-    prompts = {"document": family.prefix}
-    for task, instruction in (meta.get("instructions") or {}).items():
-        prompts[task] = family.prefix + fmt.format(instruction=instruction)
-    if meta.get("default_instruction"):
-        prompts["query"] = family.prefix + fmt.format(instruction=meta["default_instruction"])
-    st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], prompts=prompts,
-                             default_prompt_name="document")
+    prompts = training_prompts(family, meta["instruction_format"], meta.get("instructions") or {},
+                               meta.get("default_instruction"))
+    st = sentence_transformer(str(hf_dir), meta["pooling"], meta["inference_max_length"], prompts,
+                              bidirectional=meta["attention"] != "causal")
     return _save(st, meta, out, tmp, hf_dir, run_dir, prompts)
+
+
+def wrap_like_training(tokenizer, family) -> None:
+    """Give the tokenizer a post-processor that adds [BOS] ... suffix EOS around every text, as embedtrain's
+    TextTokenizer formats training texts (the prefix comes with the prompt)."""
+    vocab = tokenizer.get_vocab()
+    bos = [vocab[family.bos_token]] if family.bos_token else []
+    suffix = tokenizer(family.suffix, add_special_tokens=False)["input_ids"] if family.suffix else []
+    _post_processor(tokenizer, bos, suffix + [vocab[family.eos_token]])
+
+
+def training_prompts(family, instruction_format: str, instructions: dict[str, str],
+                     default_instruction: str | None = None) -> dict[str, str]:
+    """sentence-transformers prompts: `document` (the template prefix), one per task, and `query`."""
+    prompts = {"document": family.prefix}
+    for task, instruction in instructions.items():
+        prompts[task] = family.prefix + instruction_format.format(instruction=instruction)
+    if default_instruction:
+        prompts["query"] = family.prefix + instruction_format.format(instruction=default_instruction)
+    return prompts
+
+
+def sentence_transformer(hf_dir: str, pooling: str, max_length: int, prompts: dict[str, str],
+                         bidirectional: bool = False, transformer=None) -> SentenceTransformer:
+    """Transformer -> Pooling (lasttoken, or mean without the prompt tokens) -> Normalize, from a folder whose
+    tokenizer wraps texts like training (wrap_like_training). transformer: an already built Transformer module."""
+    if transformer is None:
+        # a plain transformers model attends causally: bidirectional runs need embedtrain's module to load
+        transformer_cls = BidirectionalTransformer if bidirectional else models.Transformer
+        transformer = transformer_cls(hf_dir, max_seq_length=max_length)
+    mode = "lasttoken" if pooling == "last" else "mean"
+    dim = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
+    return SentenceTransformer(modules=[transformer, models.Pooling(dim, pooling_mode=mode, include_prompt=False),
+                                        models.Normalize()], prompts=prompts, default_prompt_name="document")
 
 
 def _save(st, meta: dict, out: Path, tmp: Path, hf_dir: Path, run_dir, prompts: dict) -> Path:

@@ -25,6 +25,8 @@ GRADS = {  # name -> recipe overrides; one optimizer step on 8 examples split ov
     "grad_plain": [],
     "grad_cache": ["objective.infonce.grad_cache=true", "data.max_tokens_per_batch=160"],
     "grad_symmetric": ["objective.infonce.symmetric=true"],
+    # no cross-rank negatives: each rank's queries against its own candidates only
+    "grad_local": ["objective.infonce.gather_across_ranks=false"],
     # Matryoshka prefixes with the gradient cache and the cross-rank gather
     "grad_matryoshka": ["objective.infonce.symmetric=true", "objective.infonce.matryoshka_dims=[64,16]",
                         "objective.infonce.matryoshka_weights=[1,0.5]", "objective.infonce.grad_cache=true",

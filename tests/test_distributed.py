@@ -21,7 +21,7 @@ from embedtrain.tiny import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "recipes" / "quickstart" / "data" / "train.jsonl"
-SCENARIOS = ("grad_plain,grad_cache,grad_symmetric,grad_matryoshka,z0,z1,z2,z3,z3_offload,z3_eval,z2_gradcache,z3_gradcache,z0_accum,"
+SCENARIOS = ("grad_plain,grad_cache,grad_symmetric,grad_local,grad_matryoshka,z0,z1,z2,z3,z3_offload,z3_eval,z2_gradcache,z3_gradcache,z0_accum,"
              "z2_accum,recon_z0,recon_z3,recon_micro,recon_whole,resume")
 
 
@@ -89,6 +89,18 @@ def _reference_loss_and_grads(recipe, overrides=()):
     options = cfg.objective.get("infonce", {})
     tau = options.get("temperature", 0.02)
     labels = torch.arange(8)
+    if options.get("gather_across_ranks") is False:  # two ranks of 4: each half against its own candidates
+        halves = []
+        for r in (0, 1):
+            rows = slice(4 * r, 4 * r + 4)
+            q, p = F.normalize(q_raw[rows], dim=-1), F.normalize(p_raw[rows], dim=-1)
+            owner = [i for i, e in enumerate(ex) for _ in e.negatives]  # example of each negative row
+            negs = torch.tensor([j for j, i in enumerate(owner) if 4 * r <= i < 4 * r + 4], dtype=torch.long)
+            cand = torch.cat([p, F.normalize(cand_raw[8:][negs], dim=-1)])
+            halves.append(F.cross_entropy(q @ cand.T / tau, torch.arange(4)))
+        loss = (halves[0] + halves[1]) / 2
+        loss.backward()
+        return loss.item(), {f"lm.{n}": prm.grad for n, prm in model.named_parameters() if prm.grad is not None}
     # Matryoshka: the same loss on each leading prefix, re-normalised, weighted; else the whole embedding once
     dims = options.get("matryoshka_dims") or [q_raw.shape[1]]
     loss = 0.0
@@ -105,6 +117,7 @@ def _reference_loss_and_grads(recipe, overrides=()):
 
 @pytest.mark.parametrize("name, overrides", [("grad_plain", []), ("grad_cache", []),
                                              ("grad_symmetric", ["objective.infonce.symmetric=true"]),
+                                             ("grad_local", ["objective.infonce.gather_across_ranks=false"]),
                                              ("grad_matryoshka", ["objective.infonce.symmetric=true",
                                                                   "objective.infonce.matryoshka_dims=[64,16]",
                                                                   "objective.infonce.matryoshka_weights=[1,0.5]"])])

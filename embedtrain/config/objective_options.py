@@ -52,6 +52,9 @@ class InfoNCEOptions(ObjectiveOptions):
     # (each prefix re-normalised), e.g. [576, 288, 144, 72]; None: the full embedding only.
     matryoshka_dims: Optional[list[int]] = None
     matryoshka_weights: Optional[list[float]] = None  # one per dimension; default 1 each
+    # Score each rank's queries against every rank's candidates (the global batch's in-batch negatives); false:
+    # against this rank's own candidates only (sentence-transformers' gather_across_devices: false)
+    gather_across_ranks: bool = True
 
     def validate(self, cfg):
         key = "objective.infonce."

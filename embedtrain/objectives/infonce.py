@@ -20,24 +20,30 @@ from embedtrain.objectives.registry import register
 __all__ = ["InfoNCE", "InfoNCEOptions", "infonce_loss", "matryoshka_infonce_loss"]
 
 
-def infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float,
-                 symmetric: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
-    """emb rows: Q queries, Q positives, then negatives. Returns this rank's mean loss + metrics."""
+def _gather(x_ND: torch.Tensor, across_ranks: bool) -> tuple[torch.Tensor, int]:
+    return gather_with_grad(x_ND) if across_ranks else (x_ND, 0)
+
+
+def infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float, symmetric: bool = False,
+                 gather: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """emb rows: Q queries, Q positives, then negatives. Returns this rank's mean loss + metrics.
+    gather=False: this rank's candidates only (no cross-rank negatives)."""
     emb_ND = F.normalize(emb_ND.float(), dim=-1)
     q_QD, cand_CD = emb_ND[:num_queries], emb_ND[num_queries:]  # candidates: positives then negatives
-    all_cand_GD, offset = gather_with_grad(cand_CD)
-    return _contrastive(q_QD, cand_CD, all_cand_GD, offset, temperature, symmetric)
+    all_cand_GD, offset = _gather(cand_CD, gather)
+    return _contrastive(q_QD, cand_CD, all_cand_GD, offset, temperature, symmetric, gather)
 
 
-def _contrastive(q_QD, cand_CD, all_cand_GD, offset: int, temperature: float, symmetric: bool):
-    """Cross-entropy of this rank's (normalised) queries against every rank's candidates; + doc -> query."""
+def _contrastive(q_QD, cand_CD, all_cand_GD, offset: int, temperature: float, symmetric: bool,
+                 gather: bool = True):
+    """Cross-entropy of this rank's (normalised) queries against the gathered candidates; + doc -> query."""
     num_queries = q_QD.shape[0]
     labels_Q = torch.arange(num_queries, device=q_QD.device) + offset
     logits_QG = q_QD @ all_cand_GD.T / temperature
     loss = F.cross_entropy(logits_QG, labels_Q)
     metrics = {"loss_q2d": loss.item(), "acc": (logits_QG.argmax(-1) == labels_Q).float().mean().item()}
     if symmetric:
-        all_q_GD, q_offset = gather_with_grad(q_QD)
+        all_q_GD, q_offset = _gather(q_QD, gather)
         logits_QGq = cand_CD[:num_queries] @ all_q_GD.T / temperature
         loss_d2q = F.cross_entropy(logits_QGq, torch.arange(num_queries, device=q_QD.device) + q_offset)
         metrics["loss_d2q"] = loss_d2q.item()
@@ -47,19 +53,19 @@ def _contrastive(q_QD, cand_CD, all_cand_GD, offset: int, temperature: float, sy
 
 
 def matryoshka_infonce_loss(emb_ND: torch.Tensor, num_queries: int, temperature: float, dims: list[int],
-                            weights: list[float] | None = None,
-                            symmetric: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+                            weights: list[float] | None = None, symmetric: bool = False,
+                            gather: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """sum_d w_d * InfoNCE on the leading d dimensions, each prefix re-normalised. The raw candidates are
     gathered across ranks once (with gradient) and sliced per d, so one forward serves every prefix."""
     emb_ND = emb_ND.float()
-    all_cand_GD, offset = gather_with_grad(emb_ND[num_queries:])
+    all_cand_GD, offset = _gather(emb_ND[num_queries:], gather)
     weights = weights or [1.0] * len(dims)
     loss, metrics = emb_ND.new_zeros(()), {}
     for d, w in zip(dims, weights):
         q_Qd = F.normalize(emb_ND[:num_queries, :d], dim=-1)
         cand_Cd = F.normalize(emb_ND[num_queries:, :d], dim=-1)
         loss_d, m = _contrastive(q_Qd, cand_Cd, F.normalize(all_cand_GD[:, :d], dim=-1), offset, temperature,
-                                 symmetric)
+                                 symmetric, gather)
         loss = loss + w * loss_d
         metrics[f"loss_dim{d}"], metrics[f"acc_dim{d}"] = m["loss"], m["acc"]
     metrics["loss"] = loss.item()
@@ -79,8 +85,8 @@ class InfoNCE(Objective):
         o = self.options
         if o.matryoshka_dims:
             return matryoshka_infonce_loss(emb_ND, num_queries, o.temperature, o.matryoshka_dims,
-                                           o.matryoshka_weights, o.symmetric)
-        return infonce_loss(emb_ND, num_queries, o.temperature, o.symmetric)
+                                           o.matryoshka_weights, o.symmetric, o.gather_across_ranks)
+        return infonce_loss(emb_ND, num_queries, o.temperature, o.symmetric, o.gather_across_ranks)
 
     def run_meta(self) -> dict:
         return {"matryoshka_dims": list(self.options.matryoshka_dims)} if self.options.matryoshka_dims else {}
