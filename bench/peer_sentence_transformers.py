@@ -1,0 +1,369 @@
+"""embedtrain side by side with sentence-transformers' SentenceTransformerTrainer: same model, data, batches,
+steps, schedule, LoRA, max length, temperature (ST scale = 1/temperature) and hard negatives.
+
+Both sides train from the same base weights on the same batches in the same order: the driver computes
+embedtrain's batch order (same-task batches, seeded) once and hands it to sentence-transformers as its
+multi-dataset batch sampler (one dataset per task, whose prompt is the template prefix + that task's
+instruction, so both tokenize every text to the same ids). Jobs run one at a time in fresh processes
+(torchrun for world size 2), sides and settings interleaved, and each final model is exported to a
+sentence-transformers folder and scored on the offline suite by the same code. See bench/README.md.
+
+  python bench/peer_sentence_transformers.py                    # the committed run (about an hour, 2 cores)
+  python bench/peer_sentence_transformers.py --steps 3 --repeats 1 --world-sizes 1 --skip-eval --out-dir /tmp/x
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from report_io import git_commit, write_report  # noqa: E402
+
+SIDES = ("embedtrain", "sentence-transformers")
+HARD_NEG_SUFFIX = "+hn"  # a task's examples that carry a hard negative form their own batches (see _bench_rows)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="data/trainset/train.jsonl", help="JSONL pairs (embedtrain's format)")
+    p.add_argument("--instructions", help="JSON {task: instruction} for lines without their own instruction")
+    p.add_argument("--model", default="models/smollm2-135m-instruct")
+    p.add_argument("--family", default="chatml")
+    p.add_argument("--pooling", default="mean", choices=["mean", "last"])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step, all ranks together")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text, template and EOS included")
+    p.add_argument("--temperature", type=float, default=0.05)
+    p.add_argument("--max-negatives", type=int, default=1, choices=[0, 1])
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--lora-dropout", type=float, default=0.0,
+                   help="0 keeps step 1 deterministic, so the two first-step losses can be compared")
+    p.add_argument("--max-tokens-per-batch", type=int, default=8192, help="embedtrain's packed stream size")
+    p.add_argument("--st-loss", default="mnrl", choices=["mnrl", "cached"])
+    p.add_argument("--cached-mini-batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--repeats", type=int, default=2, help="timed runs per setting, interleaved")
+    p.add_argument("--skip-steps", type=int, default=1, help="first steps of each run left out of the timing")
+    p.add_argument("--world-sizes", default="1,2")
+    p.add_argument("--gather", default="on,off", help="world size > 1: cross-rank negatives on, off or both")
+    p.add_argument("--suite", default="data/suite")
+    p.add_argument("--tasks", default="", help="suite tasks (default: all of suite.json)")
+    p.add_argument("--eval-max-length", type=int, default=512)
+    p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="first-step loss agreement, relative")
+    p.add_argument("--work-dir", default="/tmp/peer_st")
+    p.add_argument("--out-dir", default=None, help="default bench/results/peer_sentence_transformers_<date>")
+    return p.parse_args(argv)
+
+
+def _bench_rows(args) -> list[dict]:
+    """The training file's rows with at most max_negatives negatives. sentence-transformers needs the same
+    columns in every row of a batch, so rows with a negative get their own task (task + "+hn")."""
+    instructions = json.loads(Path(args.instructions).read_text()) if args.instructions else {}
+    rows = []
+    with open(args.data) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                query, positive, task = r["query"], r["positive"], r.get("task", "default")
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise SystemExit(f"{args.data}:{n}: not a pair line ({exc}); need query, positive[, negative, task]")
+            negs = r.get("negative", r.get("negatives", [])) or []
+            negs = ([negs] if isinstance(negs, str) else list(negs))[:args.max_negatives]
+            instruction = r.get("instruction") or instructions.get(task)
+            if not instruction:
+                raise SystemExit(f"{args.data}:{n}: task {task!r} has no instruction: add one to the line or "
+                                 "to --instructions")
+            row = {"query": query, "positive": positive, "task": task + (HARD_NEG_SUFFIX if negs else ""),
+                   "instruction": instruction}
+            if negs:
+                row["negative"] = negs
+            rows.append(row)
+    return rows
+
+
+def prepare(args, work: Path) -> dict:
+    """work/train.jsonl (embedtrain), work/st_data_w<world>.json (sentence-transformers: one dataset per task,
+    prompts, and the batches in embedtrain's order). Returns what the report says about the data."""
+    from embedtrain.config.schema import DataConfig, DataSource
+    from embedtrain.data.batches import make_batch_order, rank_slice
+    from embedtrain.data.jsonl import build_index
+    from embedtrain.families import FAMILIES
+
+    rows = _bench_rows(args)
+    train_file = work / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    index = build_index([DataSource(path=str(train_file))])
+    order = make_batch_order(index, args.batch_size, args.seed, DataConfig(train=[str(train_file)]))
+    steps = [order.global_batch_ids(k) for k in range(args.steps)]
+    family, fmt = FAMILIES[args.family], DataConfig().instruction_format
+    datasets, where, prompts = {}, {}, {}
+    for ids in steps:
+        for i in ids:
+            r = rows[int(i)]
+            cols = datasets.setdefault(r["task"], {"anchor": [], "positive": []} | (
+                {"negative": []} if "negative" in r else {}))
+            where[int(i)] = (r["task"], len(cols["anchor"]))
+            cols["anchor"].append(r["query"])
+            cols["positive"].append(r["positive"])
+            if "negative" in r:
+                cols["negative"].append(r["negative"][0])
+            prompt = family.prefix + fmt.format(instruction=r["instruction"])
+            if prompts.setdefault(r["task"], {"anchor": prompt})["anchor"] != prompt:
+                raise SystemExit(f"{args.data}: task {r['task']} has more than one instruction; sentence-"
+                                 "transformers takes one prompt per dataset")
+    for task, p in prompts.items():
+        p.update({"positive": family.prefix, "negative": family.prefix})
+    offsets, total = {}, 0
+    for task, cols in datasets.items():  # ConcatDataset order = the DatasetDict's order
+        offsets[task], total = total, total + len(cols["anchor"])
+    for world in _world_sizes(args):
+        batches = [[offsets[where[int(i)][0]] + where[int(i)][1] for i in rank_slice(ids, r, world)]
+                   for ids in steps for r in range(world)]
+        (work / f"st_data_w{world}.json").write_text(json.dumps(
+            {"datasets": datasets, "prompts": prompts, "batches": batches}))
+    tasks = [index.tasks[int(index.task_id[int(ids[0])])] for ids in steps]
+    return {"train_file": str(train_file), "rows": len(rows), "step_tasks": tasks,
+            "with_negative": sum("negative" in r for r in rows), "instruction_format": fmt}
+
+
+def _world_sizes(args) -> list[int]:
+    return [int(w) for w in args.world_sizes.split(",") if w]
+
+
+def settings(args) -> list[tuple[int, bool]]:
+    out = []
+    for world in _world_sizes(args):
+        gathers = [True] if world == 1 else [g == "on" for g in args.gather.split(",")]
+        out += [(world, g) for g in gathers]
+    return out
+
+
+def _recipe(args, job_dir: Path, train_file: str, world: int, gather: bool) -> Path:
+    import yaml
+
+    recipe = {
+        "run": {"output_dir": str(job_dir / "run"), "seed": args.seed, "log_every": max(1, args.steps),
+                "checkpoint_weights": False, "keep_checkpoints": 1, "progress_bar": False},
+        "model": {"path": args.model, "family": args.family, "dtype": "float32", "pooling": args.pooling,
+                  "lora": {"enabled": True, "r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout}},
+        "data": {"train": [train_file], "max_length": args.max_length, "max_negatives": args.max_negatives,
+                 "max_tokens_per_batch": args.max_tokens_per_batch},
+        "train": {"objective": "infonce", "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
+                  "warmup_steps": args.warmup, "schedule": "linear", "grad_clip": 1.0},
+        "objective": {"infonce": {"temperature": args.temperature, "gather_across_ranks": gather}},
+        "deepspeed": {"zero_stage": 0, "backend": "gloo"},
+    }
+    path = job_dir / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def run_job(args, work: Path, data: dict, side: str, world: int, gather: bool, repeat: int, export: bool) -> dict:
+    name = f"w{world}{'' if world == 1 else ('_gather' if gather else '_local')}_{side}_r{repeat}"
+    job_dir = work / name
+    job_dir.mkdir(parents=True, exist_ok=True)
+    for old in job_dir.glob("rank*.json"):
+        old.unlink()
+    job = {"side": side, "dir": str(job_dir), "model": args.model, "family": args.family, "pooling": args.pooling,
+           "max_length": args.max_length, "instruction_format": data["instruction_format"], "instructions": {},
+           "lora": {"r": args.lora_r, "alpha": args.lora_alpha, "dropout": args.lora_dropout},
+           "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
+           "temperature": args.temperature, "gather": gather, "seed": args.seed, "st_loss": args.st_loss,
+           "cached_mini_batch": args.cached_mini_batch, "st_data": str(work / f"st_data_w{world}.json"),
+           "eval_max_length": args.eval_max_length, "export": str(job_dir / "export") if export else None}
+    if side == "embedtrain":
+        job["recipe"] = str(_recipe(args, job_dir, data["train_file"], world, gather))
+    (job_dir / "job.json").write_text(json.dumps(job, indent=1))
+    worker = [str(ROOT / "bench" / "peer_worker.py"), "train", str(job_dir / "job.json")]
+    cmd = [sys.executable, *worker] if world == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
+        "--master_port", str(29500 + os.getpid() % 1000), *worker]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    print(f"[{time.strftime('%H:%M:%S')}] {name}", flush=True)
+    with open(job_dir / "log.txt", "w") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        tail = (job_dir / "log.txt").read_text()[-3000:]
+        raise SystemExit(f"{name} failed (exit {rc}); {job_dir / 'log.txt'} ends with:\n{tail}")
+    ranks = [json.loads((job_dir / f"rank{r}.json").read_text()) for r in range(world)]
+    return summarize_job(args, name, side, world, gather, repeat, ranks, job.get("export"))
+
+
+def summarize_job(args, name, side, world, gather, repeat, ranks: list[dict], export) -> dict:
+    n, skip = len(ranks[0]["step_end"]), args.skip_steps
+    if n != args.steps or n <= skip:
+        raise SystemExit(f"{name}: {n} steps recorded, expected {args.steps} (> --skip-steps {skip})")
+    # each rank's own clock (perf_counter is per process): the slowest rank's span
+    spans = [r["step_end"][-1] - r["step_end"][skip - 1] if skip else r["step_end"][-1] - r["start"] for r in ranks]
+    elapsed = max(spans)
+    real = [sum(r["real_tokens"][k] for r in ranks) for k in range(n)]
+    computed = [sum(r["computed_tokens"][k] for r in ranks) for k in range(n)]
+    first_loss = sum(r["loss"][0] for r in ranks) / world if side != "embedtrain" else ranks[0]["loss"][0]
+    losses = [sum(r["loss"][k] for r in ranks) / world for k in range(n)] if side != "embedtrain" \
+        else ranks[0]["loss"]
+    return {"name": name, "side": side, "world": world, "gather": gather, "repeat": repeat,
+            "real_tok_s": sum(real[skip:]) / elapsed, "examples_s": args.batch_size * (n - skip) / elapsed,
+            "step_s": elapsed / (n - skip), "efficiency": sum(real) / max(1, sum(computed)),
+            "peak_rss_gib": max(r["peak_rss_gib"] for r in ranks),
+            "peak_rss_gib_sum": sum(r["peak_rss_gib"] for r in ranks),
+            "first_loss": first_loss, "losses": losses, "real_tokens": real, "computed_tokens": computed,
+            "export": export}
+
+
+def evaluate(args, folder: str, work: Path, data: dict) -> dict:
+    tasks = args.tasks or ",".join(json.loads((Path(args.suite) / "suite.json").read_text())["tasks"])
+    out = Path(folder).parent / "suite.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "peer_worker.py"), "eval", folder, str(out), "--suite", args.suite,
+           "--tasks", tasks, "--max-length", str(args.eval_max_length), "--family", args.family,
+           "--instruction-format", data["instruction_format"]]
+    print(f"[{time.strftime('%H:%M:%S')}] suite: {folder}", flush=True)
+    with open(Path(folder).parent / "eval_log.txt", "w") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log,
+                            stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"suite evaluation of {folder} failed; see {Path(folder).parent / 'eval_log.txt'}")
+    scores = json.loads(out.read_text())
+    return dict(scores, mean=sum(scores.values()) / len(scores))
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def aggregate(args, runs: list[dict], suites: dict) -> tuple[list[dict], list[dict]]:
+    """One row per (setting, side): means over repeats; and the checks (loss parity, same tokens, goals)."""
+    rows, checks = [], []
+    for world, gather in settings(args):
+        by_side = {}
+        for side in SIDES:
+            rs = [r for r in runs if r["side"] == side and r["world"] == world and r["gather"] == gather]
+            by_side[side] = rs
+            row = {"world": world, "gather": gather, "side": side, "repeats": len(rs),
+                   **{k: _mean([r[k] for r in rs]) for k in ("real_tok_s", "examples_s", "step_s", "efficiency",
+                                                              "peak_rss_gib", "peak_rss_gib_sum")},
+                   "real_tok_s_each": [round(r["real_tok_s"], 1) for r in rs],
+                   "first_loss": rs[0]["first_loss"], "last_loss": rs[0]["losses"][-1],
+                   "suite": suites.get(rs[0]["name"])}
+            rows.append(row)
+        et, st = by_side["embedtrain"][0], by_side["sentence-transformers"][0]
+        where = f"world {world}" + ("" if world == 1 else f", gather {'on' if gather else 'off'}")
+        if args.lora_dropout == 0:
+            diff = abs(et["first_loss"] - st["first_loss"])
+            ok = diff <= args.tolerance * max(1.0, abs(st["first_loss"]))
+            checks.append({"check": f"first-step loss agrees ({where})", "pass": ok,
+                           "value": f"{et['first_loss']:.6f} vs {st['first_loss']:.6f} (|diff| {diff:.2e})"})
+        else:
+            checks.append({"check": f"first-step loss agrees ({where})", "pass": None,
+                           "value": "not compared: LoRA dropout > 0 makes step 1 random on both sides"})
+        same = et["real_tokens"] == st["real_tokens"]
+        checks.append({"check": f"same real tokens every step ({where})", "pass": same,
+                       "value": f"{sum(et['real_tokens'])} vs {sum(st['real_tokens'])}"})
+        e_row, s_row = rows[-2], rows[-1]
+        ratio = e_row["real_tok_s"] / s_row["real_tok_s"]
+        checks.append({"check": f"embedtrain / ST real tokens/s >= 1.5 ({where})", "pass": ratio >= 1.5,
+                       "value": f"{ratio:.2f}x"})
+        if e_row["suite"] and s_row["suite"]:
+            d = e_row["suite"]["mean"] - s_row["suite"]["mean"]
+            checks.append({"check": f"embedtrain suite mean >= ST's ({where})", "pass": d >= 0,
+                           "value": f"{e_row['suite']['mean']:.4f} vs {s_row['suite']['mean']:.4f} ({d:+.4f})"})
+    return rows, checks
+
+
+def _environment(args, started: float) -> dict:
+    import datasets
+    import deepspeed
+    import peft
+    import sentence_transformers
+    import torch
+    import transformers
+
+    return {"commit": git_commit(), "date": datetime.date.today().isoformat(),
+            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "load_avg_at_start": started, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "sentence_transformers": sentence_transformers.__version__,
+            "deepspeed": deepspeed.__version__, "peft": peft.__version__, "datasets": datasets.__version__}
+
+
+def report(args, out: Path, rows, checks, runs, data, env, elapsed_s: float) -> None:
+    lines = [f"# embedtrain vs sentence-transformers ({env['date']}, commit {env['commit']})", "",
+             f"{args.model}, {args.pooling} pooling, LoRA r={args.lora_r} alpha={args.lora_alpha} dropout="
+             f"{args.lora_dropout}, {args.steps} steps of {args.batch_size} examples, lr {args.lr} (warmup "
+             f"{args.warmup}, linear), max length {args.max_length}, temperature {args.temperature} (ST scale "
+             f"{1 / args.temperature:g}), {args.max_negatives} hard negative where the row has one; ST loss: "
+             f"{'CachedMultipleNegativesRankingLoss' if args.st_loss == 'cached' else 'MultipleNegativesRankingLoss'}"
+             f". Data: {args.data} ({data['rows']} rows, {data['with_negative']} with a negative); the same "
+             f"batches in the same order on both sides. Timing leaves out the first {args.skip_steps} step(s); "
+             f"{args.repeats} repeat(s), interleaved.", "",
+             "| world | gather | side | real tok/s | examples/s | s/step | real/computed tokens | peak RSS GiB "
+             "(max rank / sum) | loss step 1 | loss last | suite mean |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        suite = f"{r['suite']['mean']:.4f}" if r["suite"] else "-"
+        lines.append(f"| {r['world']} | {'on' if r['gather'] else 'off'} | {r['side']} | {r['real_tok_s']:.1f} "
+                     f"({', '.join(map(str, r['real_tok_s_each']))}) | {r['examples_s']:.2f} | {r['step_s']:.2f} | "
+                     f"{r['efficiency']:.3f} | {r['peak_rss_gib']:.2f} / {r['peak_rss_gib_sum']:.2f} | "
+                     f"{r['first_loss']:.5f} | {r['last_loss']:.4f} | {suite} |")
+    lines += ["", "| check | result | value |", "|---|---|---|"]
+    for c in checks:
+        mark = "n/a" if c["pass"] is None else ("PASS" if c["pass"] else "FAIL")
+        lines.append(f"| {c['check']} | {mark} | {c['value']} |")
+    suite_rows = [r for r in rows if r["suite"]]
+    if suite_rows:
+        tasks = [t for t in suite_rows[0]["suite"] if t != "mean"]
+        lines += ["", "| world | gather | side | " + " | ".join(tasks) + " |", "|---" * (3 + len(tasks)) + "|"]
+        for r in suite_rows:
+            lines.append(f"| {r['world']} | {'on' if r['gather'] else 'off'} | {r['side']} | "
+                         + " | ".join(f"{r['suite'][t]:.4f}" for t in tasks) + " |")
+    lines += ["", f"Whole run: {elapsed_s / 60:.1f} min."]
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, "peer_sentence_transformers", lines, env,
+                 {"args": vars(args), "rows": rows, "checks": checks, "runs": runs,
+                  "step_tasks": data["step_tasks"]})
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.time()
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f}: timings are only meaningful on an idle host", flush=True)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = prepare(args, work)
+    runs, suites = [], {}
+    for repeat in range(args.repeats):
+        for world, gather in settings(args):
+            # alternate which side goes first, so drift in the host's speed affects both alike
+            for side in (SIDES if (repeat + world) % 2 == 0 else SIDES[::-1]):
+                runs.append(run_job(args, work, data, side, world, gather, repeat, export=repeat == 0))
+    if not args.skip_eval:
+        for r in runs:
+            if r["export"]:
+                suites[r["name"]] = evaluate(args, r["export"], work, data)
+    rows, checks = aggregate(args, runs, suites)
+    env = _environment(args, load)
+    out = Path(args.out_dir) if args.out_dir else \
+        ROOT / "bench" / "results" / f"peer_sentence_transformers_{datetime.date.today():%Y%m%d}"
+    report(args, out, rows, checks, runs, data, env, time.time() - t0)
+    parity = [c for c in checks if c["check"].startswith(("first-step", "same real")) and c["pass"] is False]
+    return 1 if parity else 0  # a goal missed is reported; a side that computes something else is an error
+
+
+if __name__ == "__main__":
+    sys.exit(main())
