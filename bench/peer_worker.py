@@ -66,13 +66,13 @@ def train_embedtrain(job: dict) -> None:
 def _st_model(job: dict):
     from peft import LoraConfig, get_peft_model
 
-    from embedtrain.export import sentence_transformer, training_prompts, wrap_like_training
+    from embedtrain.export import sentence_transformer, text_transformer, training_prompts, wrap_like_training
     from embedtrain.families import FAMILIES
     from embedtrain.st_modules import st_models
 
     family = FAMILIES[job["family"]]
-    transformer = st_models.Transformer(job["model"], max_seq_length=job["max_length"],
-                                        model_args={"torch_dtype": torch.float32, "attn_implementation": "sdpa"})
+    transformer = text_transformer(st_models.Transformer, job["model"], job["max_length"],
+                                   model_args={"torch_dtype": torch.float32, "attn_implementation": "sdpa"})
     tokenizer = transformer.tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = family.eos_token

@@ -16,6 +16,7 @@ Every export gets a README.md model card (model_card.py) written from the run di
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -88,6 +89,17 @@ def export(run_dir: str | Path, out_dir: str | Path, max_length: int | None = No
     return _save(st, meta, out, tmp, hf_dir, run_dir, prompts)
 
 
+def text_transformer(cls, path: str, max_length: int, **kwargs):
+    """The Transformer module reading plain text only. sentence-transformers >= 6 renders texts through the
+    tokenizer's chat template when it has one (its "message" modality: the prompt as a system turn, the text
+    as a user turn), which is not how training formatted them; the text modality keeps the post-processor's
+    wrapping. The choice is saved in the folder's sentence_bert_config.json, so loading keeps it."""
+    if "modality_config" in inspect.signature(models.Transformer.__init__).parameters:
+        kwargs.update(modality_config={"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
+                      module_output_name="token_embeddings")
+    return cls(path, max_seq_length=max_length, **kwargs)
+
+
 def wrap_like_training(tokenizer, family) -> None:
     """Give the tokenizer a post-processor that adds [BOS] ... suffix EOS around every text, as embedtrain's
     TextTokenizer formats training texts (the prefix comes with the prompt)."""
@@ -114,8 +126,8 @@ def sentence_transformer(hf_dir: str, pooling: str, max_length: int, prompts: di
     tokenizer wraps texts like training (wrap_like_training). transformer: an already built Transformer module."""
     if transformer is None:
         # a plain transformers model attends causally: bidirectional runs need embedtrain's module to load
-        transformer_cls = BidirectionalTransformer if bidirectional else models.Transformer
-        transformer = transformer_cls(hf_dir, max_seq_length=max_length)
+        transformer = text_transformer(BidirectionalTransformer if bidirectional else models.Transformer,
+                                       hf_dir, max_length)
     mode = "lasttoken" if pooling == "last" else "mean"
     dim = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
     return SentenceTransformer(modules=[transformer, models.Pooling(dim, pooling_mode=mode, include_prompt=False),
@@ -148,7 +160,7 @@ def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[in
     hf_dir = tmp / "_hf"
     lm.save_pretrained(str(hf_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(hf_dir))
-    transformer = models.Transformer(str(hf_dir), max_seq_length=meta["inference_max_length"] + m + n)
+    transformer = text_transformer(models.Transformer, str(hf_dir), meta["inference_max_length"] + m + n)
     hidden = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
     recon = models.Dense(hidden, hidden, bias=True, activation_function=torch.nn.Identity())
     align = models.Dense(hidden, meta["teacher_dim"], bias=True, activation_function=torch.nn.Identity())

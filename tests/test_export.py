@@ -27,6 +27,10 @@ TEXTS = ["a small domesticated carnivorous mammal", "the act of running quickly 
          "a word", "any of various large trees with broad leaves and a rounded crown " * 3]
 
 
+CHATML_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+                   "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
 def _train(recipe, tmp, *sets):
     cmd = [sys.executable, "-m", "embedtrain", "train", str(recipe)] + [a for s in sets for a in ("--set", s)]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp)
@@ -37,6 +41,11 @@ def _train(recipe, tmp, *sets):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     model = make_tiny_model("chatml", root / "model")
+    # like every real ChatML model, a chat template: sentence-transformers >= 6 renders texts through it unless
+    # the export says text only (its exported embeddings then differ from training's)
+    tok = load_tokenizer(str(model))
+    tok.chat_template = CHATML_TEMPLATE
+    tok.save_pretrained(str(model))
     data = root / "train.jsonl"
     data.write_text("".join(open(DATA).readlines()[:64]))
     (root / "r.yaml").write_text(f"""
