@@ -7,7 +7,6 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from embedtrain.config.schema import DataSource
 from embedtrain.data.batches import BatchOrder, MicroBatchBuilder
