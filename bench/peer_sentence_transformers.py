@@ -52,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--lora-dropout", type=float, default=0.0,
                    help="0 keeps step 1 deterministic, so the two first-step losses can be compared")
     p.add_argument("--max-tokens-per-batch", type=int, default=8192, help="embedtrain's packed stream size")
+    p.add_argument("--grad-cache", action="store_true",
+                   help="embedtrain: objective.infonce.grad_cache (its counterpart of CachedMNRL) with streams of "
+                        "--max-tokens-per-batch tokens")
     p.add_argument("--st-loss", default="mnrl", choices=["mnrl", "cached"])
     p.add_argument("--cached-mini-batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=42)
@@ -166,7 +169,8 @@ def _recipe(args, job_dir: Path, train_file: str, world: int, gather: bool) -> P
                  "max_tokens_per_batch": args.max_tokens_per_batch},
         "train": {"objective": "infonce", "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
                   "warmup_steps": args.warmup, "schedule": "linear", "grad_clip": 1.0},
-        "objective": {"infonce": {"temperature": args.temperature, "gather_across_ranks": gather}},
+        "objective": {"infonce": {"temperature": args.temperature, "gather_across_ranks": gather,
+                                  "grad_cache": args.grad_cache}},
         "deepspeed": {"zero_stage": 0, "backend": "gloo"},
     }
     path = job_dir / "recipe.yaml"
@@ -307,6 +311,8 @@ def report(args, out: Path, rows, checks, runs, data, env, elapsed_s: float) -> 
              f"{args.warmup}, linear), max length {args.max_length}, temperature {args.temperature} (ST scale "
              f"{1 / args.temperature:g}), {args.max_negatives} hard negative where the row has one; ST loss: "
              f"{'CachedMultipleNegativesRankingLoss' if args.st_loss == 'cached' else 'MultipleNegativesRankingLoss'}"
+             f"{f' (mini-batch {args.cached_mini_batch})' if args.st_loss == 'cached' else ''}; embedtrain "
+             f"{'grad_cache' if args.grad_cache else 'one graph'}, streams of {args.max_tokens_per_batch} tokens"
              f". Data: {args.data} ({data['rows']} rows, {data['with_negative']} with a negative); the same "
              f"batches in the same order on both sides. Timing leaves out the first {args.skip_steps} step(s); "
              f"{args.repeats} repeat(s), interleaved.", "",
