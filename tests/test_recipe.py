@@ -227,6 +227,7 @@ def test_objective_options_are_typed_once_at_load(base):
     assert isinstance(cfg.options(), InfoNCEOptions) and cfg.options().temperature == 0.05
     assert isinstance(cfg.objective["reconstruction"], ReconstructionOptions) and cfg.objective["reconstruction"]["alpha"] == 0.5
     assert dataclasses.asdict(cfg)["objective"]["infonce"] == {"temperature": 0.05, "symmetric": False, "grad_cache": False,
-                                                          "matryoshka_dims": None, "matryoshka_weights": None}
+                                                          "matryoshka_dims": None, "matryoshka_weights": None,
+                                                              "gather_across_ranks": True}
     bare, _ = load_recipe(base / "base.yaml", ["train.objective=reconstruction", "model.pooling=last"])
     assert bare.options() == ReconstructionOptions()
