@@ -11,20 +11,19 @@ See bench/README.md; results go to bench/results/.
 """
 from __future__ import annotations
 
-import argparse, ast, ctypes, datetime, json, os, platform, random, subprocess, sys, sysconfig, tempfile, threading, time
+import argparse, ast, ctypes, json, os, random, sys, sysconfig, tempfile, threading, time
 from pathlib import Path
 
 import torch
-import transformers
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
-import embedtrain
 from embedtrain.config.schema import ModelConfig
 from embedtrain.data.packing import TextTokenizer, pack_texts
 from embedtrain.model.embedder import build_model, load_tokenizer
 from embedtrain.objectives.infonce import infonce_loss
 from embedtrain.tiny import make_tiny_model
+from report_io import environment
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT_DATA = REPO / "recipes/quickstart/data/train.jsonl"
@@ -136,19 +135,6 @@ def train_step(m: dict, encoded, args, pad_id) -> dict:
     m["opt"].zero_grad(set_to_none=True)
     return dict(loss=loss.item(), real=real, computed=computed, budget=budget, shape=shape,
                 time=time.perf_counter() - t0, cpu=time.process_time() - c0)
-
-
-def environment() -> dict:
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "load_avg_1min_at_start": os.getloadavg()[0], "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "embedtrain": getattr(embedtrain, "__version__", "unknown"),
-            "commit": (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if git("status", "--porcelain") else ""),
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
 def write_atomic(path: Path, text: str):

@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from report_io import git_commit, write_report  # noqa: E402
+from report_io import environment, write_report  # noqa: E402
 
 SIDES = ("embedtrain", "sentence-transformers")
 HARD_NEG_SUFFIX = "+hn"  # a task's examples that carry a hard negative form their own batches (see _bench_rows)
@@ -218,19 +217,18 @@ def summarize_job(args, name, side, world, gather, repeat, ranks: list[dict], ex
     elapsed = max(spans)
     real = [sum(r["real_tokens"][k] for r in ranks) for k in range(n)]
     computed = [sum(r["computed_tokens"][k] for r in ranks) for k in range(n)]
-    first_loss = sum(r["loss"][0] for r in ranks) / world if side != "embedtrain" else ranks[0]["loss"][0]
-    losses = [sum(r["loss"][k] for r in ranks) / world for k in range(n)] if side != "embedtrain" \
-        else ranks[0]["loss"]
+    # ST ranks record their own loss, embedtrain's the mean over ranks (the same on each): the mean serves both
+    losses = [sum(r["loss"][k] for r in ranks) / world for k in range(n)]
     return {"name": name, "side": side, "world": world, "gather": gather, "repeat": repeat,
             "real_tok_s": sum(real[skip:]) / elapsed, "examples_s": args.batch_size * (n - skip) / elapsed,
             "step_s": elapsed / (n - skip), "efficiency": sum(real) / max(1, sum(computed)),
             "peak_rss_gib": max(r["peak_rss_gib"] for r in ranks),
             "peak_rss_gib_sum": sum(r["peak_rss_gib"] for r in ranks),
-            "first_loss": first_loss, "losses": losses, "real_tokens": real, "computed_tokens": computed,
+            "first_loss": losses[0], "losses": losses, "real_tokens": real, "computed_tokens": computed,
             "export": export}
 
 
-def evaluate(args, folder: str, work: Path, data: dict) -> dict:
+def evaluate(args, folder: str, data: dict) -> dict:
     tasks = args.tasks or ",".join(json.loads((Path(args.suite) / "suite.json").read_text())["tasks"])
     out = Path(folder).parent / "suite.json"
     cmd = [sys.executable, str(ROOT / "bench" / "peer_worker.py"), "eval", folder, str(out), "--suite", args.suite,
@@ -289,23 +287,8 @@ def aggregate(args, runs: list[dict], suites: dict) -> tuple[list[dict], list[di
     return rows, checks
 
 
-def _environment(args, started: float) -> dict:
-    import datasets
-    import deepspeed
-    import peft
-    import sentence_transformers
-    import torch
-    import transformers
-
-    return {"commit": git_commit(), "date": datetime.date.today().isoformat(),
-            "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "load_avg_at_start": started, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "sentence_transformers": sentence_transformers.__version__,
-            "deepspeed": deepspeed.__version__, "peft": peft.__version__, "datasets": datasets.__version__}
-
-
 def report(args, out: Path, rows, checks, runs, data, env, elapsed_s: float) -> None:
-    lines = [f"# embedtrain vs sentence-transformers ({env['date']}, commit {env['commit']})", "",
+    lines = [f"# embedtrain vs sentence-transformers ({env['date'][:10]}, commit {env['commit']})", "",
              f"{args.model}, {args.pooling} pooling, LoRA r={args.lora_r} alpha={args.lora_alpha} dropout="
              f"{args.lora_dropout}, {args.steps} steps of {args.batch_size} examples, lr {args.lr} (warmup "
              f"{args.warmup}, linear), max length {args.max_length}, temperature {args.temperature} (ST scale "
@@ -346,9 +329,10 @@ def report(args, out: Path, rows, checks, runs, data, env, elapsed_s: float) -> 
 def main(argv=None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        print(f"warning: load average {load:.2f}: timings are only meaningful on an idle host", flush=True)
+    env = environment("sentence-transformers", "deepspeed", "peft", "datasets")
+    if env["load_avg_1min_at_start"] > 0.5:
+        print(f"warning: load average {env['load_avg_1min_at_start']:.2f}: timings are only meaningful on an idle host",
+              flush=True)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     data = prepare(args, work)
@@ -361,9 +345,8 @@ def main(argv=None) -> int:
     if not args.skip_eval:
         for r in runs:
             if r["export"]:
-                suites[r["name"]] = evaluate(args, r["export"], work, data)
+                suites[r["name"]] = evaluate(args, r["export"], data)
     rows, checks = aggregate(args, runs, suites)
-    env = _environment(args, load)
     out = Path(args.out_dir) if args.out_dir else \
         ROOT / "bench" / "results" / f"peer_sentence_transformers_{datetime.date.today():%Y%m%d}"
     report(args, out, rows, checks, runs, data, env, time.time() - t0)

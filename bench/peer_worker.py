@@ -77,9 +77,8 @@ def _st_model(job: dict):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = family.eos_token
     wrap_like_training(tokenizer, family)
-    model = sentence_transformer(job["model"], job["pooling"], job["max_length"],
-                                 training_prompts(family, job["instruction_format"], job["instructions"]),
-                                 transformer=transformer)
+    model = sentence_transformer(transformer, job["pooling"],
+                                 training_prompts(family, job["instruction_format"], job["instructions"]))
     lora = job["lora"]
     # peft on the Transformer module's model (SentenceTransformer.add_adapter needs peft >= 0.22 through
     # transformers; setup.py allows older)

@@ -13,7 +13,7 @@ See bench/README.md; results go to bench/results/.
 """
 from __future__ import annotations
 
-import argparse, importlib.metadata as md, json, os, subprocess, sys, tempfile, time
+import argparse, json, os, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import torch
@@ -43,16 +43,10 @@ def matmul_rate(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def environment(device: torch.device) -> dict:
-    """packing_throughput's host / version / commit record plus the GPU and the training libraries."""
-    from packing_throughput import environment as host_environment
+    """report_io's host / version / commit record plus the GPU and the training libraries."""
+    from report_io import environment as host_environment
 
-    def version(name):
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
-    env = {**host_environment(), "cuda": torch.version.cuda,
-           **{k: version(k) for k in ("deepspeed", "peft", "flash-attn", "tokenizers")}}
+    env = dict(host_environment("deepspeed", "peft", "flash-attn", "tokenizers"), cuda=torch.version.cuda)
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         env["device"] = f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs"

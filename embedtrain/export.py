@@ -84,8 +84,10 @@ def export(run_dir: str | Path, out_dir: str | Path, max_length: int | None = No
     tokenizer.save_pretrained(str(hf_dir))
     prompts = training_prompts(family, meta["instruction_format"], meta.get("instructions") or {},
                                meta.get("default_instruction"))
-    st = sentence_transformer(str(hf_dir), meta["pooling"], meta["inference_max_length"], prompts,
-                              bidirectional=meta["attention"] != "causal")
+    # a plain transformers model attends causally: bidirectional runs need embedtrain's module to load
+    transformer_cls = models.Transformer if meta["attention"] == "causal" else BidirectionalTransformer
+    st = sentence_transformer(text_transformer(transformer_cls, str(hf_dir), meta["inference_max_length"]),
+                              meta["pooling"], prompts)
     return _save(st, meta, out, tmp, hf_dir, run_dir, prompts)
 
 
@@ -120,18 +122,18 @@ def training_prompts(family, instruction_format: str, instructions: dict[str, st
     return prompts
 
 
-def sentence_transformer(hf_dir: str, pooling: str, max_length: int, prompts: dict[str, str],
-                         bidirectional: bool = False, transformer=None) -> SentenceTransformer:
-    """Transformer -> Pooling (lasttoken, or mean without the prompt tokens) -> Normalize, from a folder whose
-    tokenizer wraps texts like training (wrap_like_training). transformer: an already built Transformer module."""
-    if transformer is None:
-        # a plain transformers model attends causally: bidirectional runs need embedtrain's module to load
-        transformer = text_transformer(BidirectionalTransformer if bidirectional else models.Transformer,
-                                       hf_dir, max_length)
+def sentence_transformer(transformer, pooling: str, prompts: dict[str, str]) -> SentenceTransformer:
+    """transformer (text_transformer, its tokenizer wrapping texts like training: wrap_like_training) -> Pooling
+    (lasttoken, or mean without the prompt tokens) -> Normalize."""
     mode = "lasttoken" if pooling == "last" else "mean"
-    dim = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
-    return SentenceTransformer(modules=[transformer, models.Pooling(dim, pooling_mode=mode, include_prompt=False),
-                                        models.Normalize()], prompts=prompts, default_prompt_name="document")
+    pool = models.Pooling(_embedding_dim(transformer), pooling_mode=mode, include_prompt=False)
+    return SentenceTransformer(modules=[transformer, pool, models.Normalize()], prompts=prompts,
+                               default_prompt_name="document")
+
+
+def _embedding_dim(transformer) -> int:
+    """The Transformer module's hidden size (get_embedding_dimension from sentence-transformers 6 on)."""
+    return (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
 
 
 def _save(st, meta: dict, out: Path, tmp: Path, hf_dir: Path, run_dir, prompts: dict) -> Path:
@@ -161,7 +163,7 @@ def _export_compression(final: Path, meta: dict, tokenizer, family, bos: list[in
     lm.save_pretrained(str(hf_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(hf_dir))
     transformer = text_transformer(models.Transformer, str(hf_dir), meta["inference_max_length"] + m + n)
-    hidden = (getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension)()
+    hidden = _embedding_dim(transformer)
     recon = models.Dense(hidden, hidden, bias=True, activation_function=torch.nn.Identity())
     align = models.Dense(hidden, meta["teacher_dim"], bias=True, activation_function=torch.nn.Identity())
     with torch.no_grad():

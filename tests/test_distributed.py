@@ -91,10 +91,10 @@ def _reference_loss_and_grads(recipe, overrides=()):
     labels = torch.arange(8)
     if options.get("gather_across_ranks") is False:  # two ranks of 4: each half against its own candidates
         halves = []
+        owner = [i for i, e in enumerate(ex) for _ in e.negatives]  # example of each negative row
         for r in (0, 1):
             rows = slice(4 * r, 4 * r + 4)
             q, p = F.normalize(q_raw[rows], dim=-1), F.normalize(p_raw[rows], dim=-1)
-            owner = [i for i, e in enumerate(ex) for _ in e.negatives]  # example of each negative row
             negs = torch.tensor([j for j, i in enumerate(owner) if 4 * r <= i < 4 * r + 4], dtype=torch.long)
             cand = torch.cat([p, F.normalize(cand_raw[8:][negs], dim=-1)])
             halves.append(F.cross_entropy(q @ cand.T / tau, torch.arange(4)))
