@@ -1,7 +1,8 @@
 """embedtrain side by side with sentence-transformers' SentenceTransformerTrainer: same model, data, batches,
 steps, schedule, LoRA, max length, temperature (ST scale = 1/temperature) and hard negatives.
 
-Both sides train from the same base weights on the same batches in the same order: the driver computes
+Both sides train from the same weights (base model and initial LoRA matrices: embedtrain's, built once and
+loaded into the ST model; checked by fingerprint) on the same batches in the same order: the driver computes
 embedtrain's batch order (same-task batches, seeded) once and hands it to sentence-transformers as its
 multi-dataset batch sampler (one dataset per task, whose prompt is the template prefix + that task's
 instruction, so both tokenize every text to the same ids). Jobs run one at a time in fresh processes
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from peer_drift import drift_checks, suite_over_repeats  # noqa: E402
 from report_io import environment, write_report  # noqa: E402
 
 SIDES = ("embedtrain", "sentence-transformers")
@@ -65,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--tasks", default="", help="suite tasks (default: all of suite.json)")
     p.add_argument("--eval-max-length", type=int, default=512)
     p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--eval-repeats", default="first", choices=["first", "all"],
+                   help="export and score the first repeat of each side and setting, or every repeat (measures how "
+                        "far reruns of one side drift apart on the suite)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="first-step loss agreement, relative")
     p.add_argument("--work-dir", default="/tmp/peer_st")
     p.add_argument("--out-dir", default=None, help="default bench/results/peer_sentence_transformers_<date>")
@@ -140,8 +145,17 @@ def prepare(args, work: Path) -> dict:
         (work / f"st_data_w{world}.json").write_text(json.dumps(
             {"datasets": datasets, "prompts": prompts, "batches": batches}))
     tasks = [index.tasks[int(index.task_id[int(ids[0])])] for ids in steps]
+    init_dir = work / "lora_init"
+    init_dir.mkdir(exist_ok=True)
+    lora_init = init_dir / "lora_init.safetensors"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "peer_worker.py"), "lora-init",
+                           str(_recipe(args, init_dir, str(train_file), 1, True)), str(lora_init)],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"building embedtrain's initial LoRA weights failed:\n{proc.stderr[-3000:]}")
     return {"train_file": str(train_file), "rows": len(rows), "step_tasks": tasks,
-            "with_negative": sum("negative" in r for r in rows), "instruction_format": fmt}
+            "with_negative": sum("negative" in r for r in rows), "instruction_format": fmt,
+            "lora_init": str(lora_init), "lora_init_fingerprint": proc.stdout.strip().splitlines()[-1]}
 
 
 def _world_sizes(args) -> list[int]:
@@ -189,7 +203,7 @@ def run_job(args, work: Path, data: dict, side: str, world: int, gather: bool, r
            "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
            "temperature": args.temperature, "gather": gather, "seed": args.seed, "st_loss": args.st_loss,
            "cached_mini_batch": args.cached_mini_batch, "st_data": str(work / f"st_data_w{world}.json"),
-           "eval_max_length": args.eval_max_length, "export": str(job_dir / "export") if export else None}
+           "eval_max_length": args.eval_max_length, "lora_init": data["lora_init"], "export": str(job_dir / "export") if export else None}
     if side == "embedtrain":
         job["recipe"] = str(_recipe(args, job_dir, data["train_file"], world, gather))
     (job_dir / "job.json").write_text(json.dumps(job, indent=1))
@@ -225,7 +239,7 @@ def summarize_job(args, name, side, world, gather, repeat, ranks: list[dict], ex
             "peak_rss_gib": max(r["peak_rss_gib"] for r in ranks),
             "peak_rss_gib_sum": sum(r["peak_rss_gib"] for r in ranks),
             "first_loss": losses[0], "losses": losses, "real_tokens": real, "computed_tokens": computed,
-            "export": export}
+            "init_lora": sorted({r["init_lora"] for r in ranks}), "export": export}
 
 
 def evaluate(args, folder: str, data: dict) -> dict:
@@ -248,20 +262,22 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def aggregate(args, runs: list[dict], suites: dict) -> tuple[list[dict], list[dict]]:
-    """One row per (setting, side): means over repeats; and the checks (loss parity, same tokens, goals)."""
+def aggregate(args, runs: list[dict], suites: dict, lora_init: str | None = None) -> tuple[list[dict], list[dict]]:
+    """One row per (setting, side): means over repeats; and the checks (same start, loss parity, same tokens,
+    goals, drift). lora_init: the fingerprint of the initial LoRA weights every run must have started from."""
     rows, checks = [], []
     for world, gather in settings(args):
         by_side = {}
         for side in SIDES:
             rs = [r for r in runs if r["side"] == side and r["world"] == world and r["gather"] == gather]
             by_side[side] = rs
+            suite, suite_each = suite_over_repeats(rs, suites)
             row = {"world": world, "gather": gather, "side": side, "repeats": len(rs),
                    **{k: _mean([r[k] for r in rs]) for k in ("real_tok_s", "examples_s", "step_s", "efficiency",
                                                               "peak_rss_gib", "peak_rss_gib_sum")},
                    "real_tok_s_each": [round(r["real_tok_s"], 1) for r in rs],
                    "first_loss": rs[0]["first_loss"], "last_loss": rs[0]["losses"][-1],
-                   "suite": suites.get(rs[0]["name"])}
+                   "suite": suite, "suite_mean_each": suite_each}
             rows.append(row)
         et, st = by_side["embedtrain"][0], by_side["sentence-transformers"][0]
         where = f"world {world}" + ("" if world == 1 else f", gather {'on' if gather else 'off'}")
@@ -273,6 +289,10 @@ def aggregate(args, runs: list[dict], suites: dict) -> tuple[list[dict], list[di
         else:
             checks.append({"check": f"first-step loss agrees ({where})", "pass": None,
                            "value": "not compared: LoRA dropout > 0 makes step 1 random on both sides"})
+        if lora_init:
+            inits = {x for r in by_side["embedtrain"] + by_side["sentence-transformers"] for x in r["init_lora"]}
+            checks.append({"check": f"same initial LoRA weights, every run and rank ({where})",
+                           "pass": inits == {lora_init}, "value": "; ".join(sorted(inits))})
         same = et["real_tokens"] == st["real_tokens"]
         checks.append({"check": f"same real tokens every step ({where})", "pass": same,
                        "value": f"{sum(et['real_tokens'])} vs {sum(st['real_tokens'])}"})
@@ -284,6 +304,8 @@ def aggregate(args, runs: list[dict], suites: dict) -> tuple[list[dict], list[di
             d = e_row["suite"]["mean"] - s_row["suite"]["mean"]
             checks.append({"check": f"embedtrain suite mean >= ST's ({where})", "pass": d >= 0,
                            "value": f"{e_row['suite']['mean']:.4f} vs {s_row['suite']['mean']:.4f} ({d:+.4f})"})
+        checks += drift_checks(where, by_side["embedtrain"], by_side["sentence-transformers"],
+                               e_row["suite_mean_each"], s_row["suite_mean_each"])
     return rows, checks
 
 
@@ -298,12 +320,15 @@ def report(args, out: Path, rows, checks, runs, data, env, elapsed_s: float) -> 
              f"{'grad_cache' if args.grad_cache else 'one graph'}, streams of {args.max_tokens_per_batch} tokens"
              f". Data: {args.data} ({data['rows']} rows, {data['with_negative']} with a negative); the same "
              f"batches in the same order on both sides. Timing leaves out the first {args.skip_steps} step(s); "
-             f"{args.repeats} repeat(s), interleaved.", "",
+             f"{args.repeats} repeat(s), interleaved; suite scores averaged over "
+             f"{'every repeat' if args.eval_repeats == 'all' else 'the first repeat'}.", "",
              "| world | gather | side | real tok/s | examples/s | s/step | real/computed tokens | peak RSS GiB "
              "(max rank / sum) | loss step 1 | loss last | suite mean |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         suite = f"{r['suite']['mean']:.4f}" if r["suite"] else "-"
+        if len(r["suite_mean_each"]) > 1:
+            suite += f" ({', '.join(f'{m:.4f}' for m in r['suite_mean_each'])})"
         lines.append(f"| {r['world']} | {'on' if r['gather'] else 'off'} | {r['side']} | {r['real_tok_s']:.1f} "
                      f"({', '.join(map(str, r['real_tok_s_each']))}) | {r['examples_s']:.2f} | {r['step_s']:.2f} | "
                      f"{r['efficiency']:.3f} | {r['peak_rss_gib']:.2f} / {r['peak_rss_gib_sum']:.2f} | "
@@ -341,16 +366,17 @@ def main(argv=None) -> int:
         for world, gather in settings(args):
             # alternate which side goes first, so drift in the host's speed affects both alike
             for side in (SIDES if (repeat + world) % 2 == 0 else SIDES[::-1]):
-                runs.append(run_job(args, work, data, side, world, gather, repeat, export=repeat == 0))
+                runs.append(run_job(args, work, data, side, world, gather, repeat,
+                                    export=repeat == 0 or args.eval_repeats == "all"))
     if not args.skip_eval:
         for r in runs:
             if r["export"]:
                 suites[r["name"]] = evaluate(args, r["export"], data)
-    rows, checks = aggregate(args, runs, suites)
+    rows, checks = aggregate(args, runs, suites, data["lora_init_fingerprint"])
     out = Path(args.out_dir) if args.out_dir else \
         ROOT / "bench" / "results" / f"peer_sentence_transformers_{datetime.date.today():%Y%m%d}"
     report(args, out, rows, checks, runs, data, env, time.time() - t0)
-    parity = [c for c in checks if c["check"].startswith(("first-step", "same real")) and c["pass"] is False]
+    parity = [c for c in checks if c["check"].startswith(("first-step", "same ")) and c["pass"] is False]
     return 1 if parity else 0  # a goal missed is reported; a side that computes something else is an error
 
 

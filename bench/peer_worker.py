@@ -3,14 +3,17 @@ job file the driver wrote, or score a saved sentence-transformers folder on the 
 
   python bench/peer_worker.py train JOB.json          (world size 1; torchrun --nproc_per_node 2 for 2)
   python bench/peer_worker.py eval FOLDER OUT.json --suite DIR --tasks A,B --max-length N --family F
+  python bench/peer_worker.py lora-init RECIPE.yaml OUT.safetensors   (embedtrain's initial LoRA, for ST)
 
 Every rank writes JOB_DIR/rank<r>.json: the wall clock at the end of each optimizer step, each step's loss
 and real / computed tokens (this rank's), and the peak RSS when training ended (before any export).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -36,6 +39,28 @@ def _write(job: dict, record: dict) -> None:
     os.replace(tmp, path)
 
 
+_LORA_NAME = re.compile(r"layers\.\d+\..*lora_[AB]\..*")
+
+
+def lora_state(named_parameters) -> dict[str, torch.Tensor]:
+    """The LoRA matrices under names both sides share ("layers.3.self_attn.q_proj.lora_A.default.weight"):
+    embedtrain wraps the causal LM, sentence-transformers the bare decoder, so their prefixes differ."""
+    out = {}
+    for name, p in named_parameters:
+        m = _LORA_NAME.search(name)
+        if m:
+            out[m.group(0)] = p.detach().float().cpu()
+    return out
+
+
+def fingerprint(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].contiguous().numpy().tobytes())
+    return f"{len(state)} matrices, sha256 {h.hexdigest()[:16]}"
+
+
 def train_embedtrain(job: dict) -> None:
     import embedtrain.engine.trainer as trainer
     from embedtrain.config.loader import load_recipe
@@ -45,6 +70,8 @@ def train_embedtrain(job: dict) -> None:
     step_fn = trainer.train_step
 
     def timed_step(s, step):  # the trainer's own step; the clock is read when it returns
+        if "init_lora" not in record:  # the weights the first step starts from
+            record["init_lora"] = fingerprint(lora_state(s.engine.module.named_parameters()))
         metrics = step_fn(s, step)
         record["step_end"].append(time.perf_counter())
         record["loss"].append(metrics["loss"])  # mean over ranks
@@ -93,6 +120,42 @@ def _model_attr(transformer) -> str:
     return "model" if isinstance(getattr(type(transformer), "auto_model", None), property) else "auto_model"
 
 
+def save_lora_init(recipe: str, out: str) -> str:
+    """The LoRA matrices an embedtrain run of this recipe starts from: the session's own seeding and model
+    build (engine/session.py), without DeepSpeed or data."""
+    from safetensors.torch import save_file
+
+    from embedtrain.config.loader import load_recipe
+    from embedtrain.model.embedder import build_model, load_tokenizer
+
+    cfg, _ = load_recipe(recipe, [])
+    torch.manual_seed(cfg.run.seed)
+    embedder = build_model(cfg.model, load_tokenizer(cfg.model.path), torch.device("cpu"))
+    state = lora_state(embedder.named_parameters())
+    tmp = Path(out).with_suffix(".tmp")
+    save_file(state, str(tmp))
+    os.replace(tmp, out)
+    return fingerprint(state)
+
+
+def _load_lora_init(model, path: str) -> str:
+    """embedtrain's initial LoRA matrices (the driver saved them) into the ST model: peft draws lora_A at
+    random when it wraps the model, so without this the sides would start from different adapters (step 1
+    agrees anyway because lora_B starts at zero; every later step would not)."""
+    from safetensors.torch import load_file
+
+    init = load_file(path)
+    params = dict(model.named_parameters())
+    ours = {m.group(0): name for name in params if (m := _LORA_NAME.search(name))}
+    if set(ours) != set(init):
+        raise SystemExit(f"{path}: LoRA matrices differ from the ST model's ({len(init)} vs {len(ours)}; e.g. "
+                         f"{sorted(set(init) ^ set(ours))[:3]})")
+    with torch.no_grad():
+        for key, name in ours.items():
+            params[name].copy_(init[key])
+    return fingerprint(lora_state(model.named_parameters()))
+
+
 class _OrderedBatches:
     """The driver's batch order, as ConcatDataset indices: for each step, rank 0's slice, rank 1's, ...
     (accelerate hands batch i to rank i % world)."""
@@ -126,10 +189,11 @@ def train_sentence_transformers(job: dict) -> None:
         from sentence_transformers import losses
 
     model, family = _st_model(job)
+    record = {"step_end": [], "loss": [], "real_tokens": [], "computed_tokens": []}
+    record["init_lora"] = _load_lora_init(model, job["lora_init"])
     data = json.loads(Path(job["st_data"]).read_text())
     train = DatasetDict({name: Dataset.from_dict(cols) for name, cols in data["datasets"].items()})
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    record = {"step_end": [], "loss": [], "real_tokens": [], "computed_tokens": []}
     scale = 1.0 / job["temperature"]
     loss_cls = losses.CachedMultipleNegativesRankingLoss if job["st_loss"] == "cached" else \
         losses.MultipleNegativesRankingLoss
@@ -214,6 +278,9 @@ def main(argv: list[str]) -> int:
         job = json.loads(Path(argv[1]).read_text())
         (train_embedtrain if job["side"] == "embedtrain" else train_sentence_transformers)(job)
         return 0
+    if argv[0] == "lora-init":
+        print(save_lora_init(argv[1], argv[2]))
+        return 0
     if argv[0] == "eval":
         import argparse
 
@@ -228,7 +295,8 @@ def main(argv: list[str]) -> int:
         a = p.parse_args(argv[1:])
         evaluate(a.folder, a.out, a.suite, a.tasks.split(","), a.max_length, a.family, a.instruction_format)
         return 0
-    raise SystemExit(f"unknown command {argv[0]!r}: use train JOB.json or eval FOLDER OUT.json ...")
+    raise SystemExit(f"unknown command {argv[0]!r}: use train JOB.json, eval FOLDER OUT.json ... or lora-init "
+                     "RECIPE OUT")
 
 
 if __name__ == "__main__":
