@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
+from report_io import environment  # noqa: E402
 from run_log import read_run_log  # noqa: E402
 
 # name -> (factor, setting, the run it is compared with)
@@ -153,15 +154,7 @@ def main(argv=None) -> int:
         lines.append(f"| {t.replace('Embedtrain', '')} | "
                      + " | ".join(f"{everything[n]['scores'].get(t, float('nan')):.3f}" for n in names) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{everything[n]['mean']:.3f}**" for n in names) + " |")
-    import subprocess
-
-    import torch
-    import transformers
-
-    env = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                    text=True).stdout.strip(),
-           "cpus": __import__("os").cpu_count(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "baselines": args.baselines,
+    env = environment() | {"baselines": args.baselines,
            "reused": {k: v[1] for k, v in reused.items()},
            "from_earlier_reports": {k: r["source"] for k, r in runs.items() if r["source"] != "this run"
                                     and k not in reused}}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from report_io import git_commit, write_report  # noqa: E402
+from report_io import environment, write_report  # noqa: E402
 
 MEASURE = r'''
 import json, resource, sys, time, torch
@@ -88,6 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    env = environment("numpy", "pyarrow") | {"index_workers": os.environ.get("EMBEDTRAIN_INDEX_WORKERS", "all cores")}
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,14 +100,6 @@ def main(argv=None) -> int:
                     results.append(dict(r, rows=rows, format=fmt, world=world,
                                         file_gib=path.stat().st_size / 2**30))
                     print(json.dumps(results[-1]), flush=True)
-    import numpy
-    import pyarrow
-    import torch
-
-    env = {"commit": git_commit(),
-           "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-           "torch": torch.__version__, "numpy": numpy.__version__, "pyarrow": pyarrow.__version__,
-           "index_workers": os.environ.get("EMBEDTRAIN_INDEX_WORKERS", "all cores")}
     lines = ["| rows | format | file GiB | world | rank | index s | peak RSS GiB (rank) | peak RSS GiB (largest worker) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from report_io import git_commit, write_report  # noqa: E402
+from report_io import environment, write_report  # noqa: E402
 
 from embedtrain.tiny import make_tiny_model  # noqa: E402
 
@@ -46,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args(argv)
+    env = environment() | {"model": args.model or "tiny random chatml (hidden 64, 2 layers)"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="data-wait-"))
@@ -69,11 +69,6 @@ train: {{batch_size: 16, lr: 5.0e-4}}
             "steps": len(rs), "data_s_mean": statistics.mean(r["data_s"] for r in rs),
             "step_time_s_mean": statistics.mean(r["step_time_s"] for r in rs), "data_share_mean": statistics.mean(share),
             "data_share_median": statistics.median(share)}
-    import torch
-
-    env = {"commit": git_commit(),
-           "model": args.model or "tiny random chatml (hidden 64, 2 layers)", "cpu": platform.machine(),
-           "cpus": os.cpu_count(), "torch": torch.__version__}
     lines = ["| mode | steps | data s / step | step s | share of step time waiting on data (mean / median) |",
              "|---|---|---|---|---|"]
     for mode, s in summary.items():

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
-
-import torch
-import transformers
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from report_io import git_commit, write_report  # noqa: E402
+from report_io import environment, write_report  # noqa: E402
 
 RUNS = {"plain": "quickstart as shipped (InfoNCE on the full embedding)",
         "matryoshka": "the same with matryoshka_dims [576, 288, 144, 72], weights 1"}
@@ -55,9 +50,7 @@ def main(argv=None) -> int:
     lines += ["", "| task | " + " | ".join(f"{r} @ {d}" for r, d in cols) + " |", "|---|" + "---|" * len(cols)]
     for t in tasks:
         lines.append(f"| {t.replace('Embedtrain', '')} | " + " | ".join(f"{scores[r][d][t]:.3f}" for r, d in cols) + " |")
-    env = {"commit": git_commit(),
-           "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "suite": "data/suite (embedtrain build-eval-suite), 8 tasks"}
+    env = environment() | {"suite": "data/suite (embedtrain build-eval-suite), 8 tasks"}
     notes = ("\n- train_s in matryoshka.json is wall time of the 60 steps; the two runs did not have the CPU to "
              "themselves, so it is no speed comparison (the extra prefix losses cost little next to the model).\n")
     write_report(out, "matryoshka", lines, env, {"scores": {r: {str(d): s for d, s in v.items()}
