@@ -25,6 +25,10 @@ def settings(args) -> list[tuple[int, bool]]:
     return out
 
 
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
 def max_loss_gap(a: dict, b: dict) -> tuple[float, int]:
     """Largest |loss difference| over the steps of two runs, and the (1-based) step where it is."""
     gaps = [abs(x - y) for x, y in zip(a["losses"], b["losses"])]
@@ -59,16 +63,12 @@ def drift_checks(where: str, et_runs: list[dict], st_runs: list[dict], et_means:
             "value": f"embedtrain vs ST {gap:.2e} (step {step}); ST repeats {_fmt(repeat_gap(st_runs))}; "
                      f"embedtrain repeats {_fmt(repeat_gap(et_runs))}"}]
     if len(et_means) > 1 and len(st_means) > 1:
-        d = sum(et_means) / len(et_means) - sum(st_means) / len(st_means)
+        d = _mean(et_means) - _mean(st_means)
         spread = max(max(et_means) - min(et_means), max(st_means) - min(st_means))
         out.append({"check": f"suite gap within the sides' run-to-run range ({where})", "pass": abs(d) <= spread,
                     "value": f"|{d:+.4f}| vs range {spread:.4f} (embedtrain "
                              f"{', '.join(f'{m:.4f}' for m in et_means)}; ST {', '.join(f'{m:.4f}' for m in st_means)})"})
     return out
-
-
-def _mean(xs: list[float]) -> float:
-    return sum(xs) / len(xs)
 
 
 def aggregate(args, runs: list[dict], suites: dict, lora_init: str | None = None) -> tuple[list[dict], list[dict]]:

@@ -42,15 +42,14 @@ def _write(job: dict, record: dict) -> None:
 _LORA_NAME = re.compile(r"layers\.\d+\..*lora_[AB]\..*")
 
 
-def lora_state(named_parameters) -> dict[str, torch.Tensor]:
+def _lora_params(named_parameters) -> dict[str, torch.nn.Parameter]:
     """The LoRA matrices under names both sides share ("layers.3.self_attn.q_proj.lora_A.default.weight"):
     embedtrain wraps the causal LM, sentence-transformers the bare decoder, so their prefixes differ."""
-    out = {}
-    for name, p in named_parameters:
-        m = _LORA_NAME.search(name)
-        if m:
-            out[m.group(0)] = p.detach().float().cpu()
-    return out
+    return {m.group(0): p for name, p in named_parameters if (m := _LORA_NAME.search(name))}
+
+
+def lora_state(named_parameters) -> dict[str, torch.Tensor]:
+    return {k: p.detach().float().cpu() for k, p in _lora_params(named_parameters).items()}
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -145,14 +144,13 @@ def _load_lora_init(model, path: str) -> str:
     from safetensors.torch import load_file
 
     init = load_file(path)
-    params = dict(model.named_parameters())
-    ours = {m.group(0): name for name in params if (m := _LORA_NAME.search(name))}
+    ours = _lora_params(model.named_parameters())
     if set(ours) != set(init):
         raise SystemExit(f"{path}: LoRA matrices differ from the ST model's ({len(init)} vs {len(ours)}; e.g. "
                          f"{sorted(set(init) ^ set(ours))[:3]})")
     with torch.no_grad():
-        for key, name in ours.items():
-            params[name].copy_(init[key])
+        for key, param in ours.items():
+            param.copy_(init[key])
     return fingerprint(lora_state(model.named_parameters()))
 
 
